@@ -1,0 +1,32 @@
+"""Small builders shared by tests."""
+
+from pathlib import Path
+
+import numpy as np
+
+from scripts.dicom_io import write_radiograph
+
+
+def asymmetric_case(rows: int = 300, cols: int = 220) -> tuple[np.ndarray, np.ndarray]:
+    """A non-square image and its mask, both in image orientation, with no symmetry a transpose or flip keeps.
+
+    Foreground: a tall block near the top-left and a wide bar near the bottom-right.
+    """
+    mask = np.zeros((rows, cols), dtype=bool)
+    mask[10:90, 5:30] = True
+    mask[rows - 40 : rows - 30, cols // 2 : cols - 3] = True
+    pixels = np.full((rows, cols), 30, dtype=np.uint8)
+    pixels[mask] = 220
+    return pixels, mask
+
+
+def write_test_dicom(path: Path, pixels: np.ndarray, **kwargs) -> Path:
+    uid = kwargs.pop("sop_instance_uid", "1.2.826.0.1.3680043.8.498.1")
+    return write_radiograph(
+        path,
+        pixels,
+        sop_instance_uid=uid,
+        study_instance_uid=uid + ".1",
+        series_instance_uid=uid + ".2",
+        **kwargs,
+    )
