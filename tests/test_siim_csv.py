@@ -132,3 +132,9 @@ def test_failed_write_leaves_previous_file_intact(tmp_path):
         write_rle_csv(path, rows())
     assert read_rle_csv(path).annotations == {ID_A: []}
     assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]  # no temporary file left behind
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    path = tmp_path / "out.csv"
+    write_rle_csv(path, [(ID_A, "-1")])
+    assert path.stat().st_mode & 0o644 == 0o644
