@@ -64,12 +64,13 @@ def synthetic_case(
     positive_share: float,
     jpeg_quality: int | None,
     image_dir: str = TRAIN_IMAGE_DIR,
+    lesion_contrast: float = 1.0,
 ) -> SyntheticCase:
     """Render and write image ``index`` of a dataset; deterministic in (seed, index, image_dir)."""
     stream = 0 if image_dir == TRAIN_IMAGE_DIR else 1
     rng = np.random.default_rng([seed, stream, index])
     n_regions = _draw_region_count(rng) if rng.random() < positive_share else 0
-    pixels, regions = render_case(rng, rows=rows, cols=cols, n_regions=n_regions)
+    pixels, regions = render_case(rng, rows=rows, cols=cols, n_regions=n_regions, lesion_contrast=lesion_contrast)
     number = 1000 + 3 * index + stream  # unique within a dataset, like the SIIM numbering
     stamp = 1517875000 + int(rng.integers(0, 30000))
     study, series, sop = (
@@ -104,6 +105,7 @@ def generate_dataset(
     jpeg_quality: int | None = 95,
     csv_style: str = "stage1",
     workers: int = 1,
+    lesion_contrast: float = 1.0,
 ) -> list[SyntheticCase]:
     """Write a SIIM-format dataset of ``n`` training images (and ``n_test`` unannotated test images).
 
@@ -114,8 +116,9 @@ def generate_dataset(
     if not 0.0 <= positive_share <= 1.0:
         raise ValueError(f"positive_share must lie in [0, 1], got {positive_share}")
     out_dir = Path(out_dir)
-    jobs = [(out_dir, i, seed, rows, cols, positive_share, jpeg_quality, TRAIN_IMAGE_DIR) for i in range(n)]
-    jobs += [(out_dir, i, seed, rows, cols, positive_share, jpeg_quality, TEST_IMAGE_DIR) for i in range(n_test)]
+    common = (seed, rows, cols, positive_share, jpeg_quality)
+    jobs = [(out_dir, i, *common, TRAIN_IMAGE_DIR, lesion_contrast) for i in range(n)]
+    jobs += [(out_dir, i, *common, TEST_IMAGE_DIR, lesion_contrast) for i in range(n_test)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             cases = list(pool.map(_run_job, jobs, chunksize=4))
@@ -152,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uncompressed", action="store_true", help="Explicit VR Little Endian instead of JPEG Baseline")
     parser.add_argument("--jpeg_quality", type=int, default=95)
     parser.add_argument("--csv_style", choices=("stage1", "stage2"), default="stage1")
+    parser.add_argument(
+        "--lesion_contrast", type=float, default=1.0, help="pneumothorax visibility (1: subtle as on real films)"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     args = parser.parse_args(argv)
     rows, cols = args.rows or args.size, args.cols or args.size
@@ -167,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         jpeg_quality=None if args.uncompressed else args.jpeg_quality,
         csv_style=args.csv_style,
         workers=args.workers,
+        lesion_contrast=args.lesion_contrast,
     )
     positives = sum(bool(case.annotations) for case in cases)
     seconds = time.perf_counter() - start

@@ -92,7 +92,7 @@ class SyntheticChest:
 
 
 def render_case(
-    rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0
+    rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0, lesion_contrast: float = 1.0
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Render one synthetic frontal chest radiograph with ``n_regions`` pneumothorax annotations.
 
@@ -101,6 +101,8 @@ def render_case(
         rows: image height in pixels (row 0 is the top of the chest).
         cols: image width in pixels (the patient's right lung is on the image left).
         n_regions: number of pneumothorax annotations to draw; 0 draws a normal chest.
+        lesion_contrast: multiplies the pneumothorax's lucency and pleural line (1: subtle, as on real films;
+            larger values make an easier data set, e.g. for a demo that must learn in minutes on a CPU).
 
     Returns:
         ``(image, regions)``: image uint8 ``(rows, cols)``, MONOCHROME2 (bone and soft tissue bright, air and
@@ -108,16 +110,20 @@ def render_case(
         non-empty, lie in a lung along its outer pleura, and some partly overlap (parts of one pneumothorax
         annotated separately).
     """
-    chest = render_chest(rng, rows, cols, n_regions)
+    chest = render_chest(rng, rows, cols, n_regions, lesion_contrast)
     return chest.image, chest.regions
 
 
-def render_chest(rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0) -> SyntheticChest:
+def render_chest(
+    rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0, lesion_contrast: float = 1.0
+) -> SyntheticChest:
     """Render a case as :func:`render_case` does, also returning the lung fields (see :class:`SyntheticChest`)."""
     if rows < 64 or cols < 64:
         raise ValueError(f"synthetic chests need at least 64 x 64 pixels, got {rows} x {cols}")
     if n_regions < 0:
         raise ValueError(f"n_regions must be >= 0, got {n_regions}")
+    if lesion_contrast <= 0:
+        raise ValueError(f"lesion_contrast must be > 0, got {lesion_contrast}")
     anatomy_rng, texture_rng, region_rng, acquisition_rng = (
         np.random.default_rng(seed) for seed in rng.integers(0, 2**63 - 1, size=4)
     )
@@ -153,7 +159,7 @@ def render_chest(rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n
         union |= region
     markings[union] = 0.0  # no lung markings beyond the collapsed lung edge
     attenuation += markings
-    attenuation += _pneumothorax_lucency(region_rng, frame, lungs, plans, union)
+    attenuation += lesion_contrast * _pneumothorax_lucency(region_rng, frame, lungs, plans, union)
 
     image = _expose(acquisition_rng, frame, attenuation)
     lung_mask = np.zeros((rows, cols), bool)

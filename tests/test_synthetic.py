@@ -130,3 +130,19 @@ def test_command_line_writes_a_dataset_and_says_what_it_wrote(tmp_path, capsys):
     assert main(["--out", str(tmp_path), "--n", "3", "--rows", "72", "--cols", "64", "--workers", "1"]) == 0
     assert "3 training images" in capsys.readouterr().out
     assert len(read_rle_csv(tmp_path / "train-rle.csv")) == 3
+
+
+def test_lesion_contrast_makes_the_pneumothorax_more_visible(tmp_path):
+    def darkening(contrast):
+        [case] = generate_dataset(tmp_path / str(contrast), n=1, seed=4, rows=256, cols=256, positive_share=1.0, jpeg_quality=None, lesion_contrast=contrast)
+        pixels = pydicom.dcmread(case.path).pixel_array.astype(float)
+        mask = np.zeros(pixels.shape, bool)
+        for annotation in case.annotations:
+            mask |= rle.decode(annotation, pixels.shape)
+        return pixels, mask
+
+    subtle, mask = darkening(1.0)
+    strong, same_mask = darkening(4.0)
+    np.testing.assert_array_equal(mask, same_mask)  # same case, same annotations
+    assert strong[mask].mean() < subtle[mask].mean() - 2  # clearly darker inside
+    np.testing.assert_allclose(strong[~mask].mean(), subtle[~mask].mean(), atol=0.5)  # outside barely moves
