@@ -1,0 +1,75 @@
+"""Specification of the best-model saver and the training checkpoint (scripts/checkpoints.py)."""
+
+import json
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from scripts.checkpoints import BestModelSaver, TrainingCheckpoint, unwrap
+
+
+def test_best_model_is_saved_as_a_plain_state_dict_only_when_the_score_improves(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    engine = Engine(lambda engine, batch: None)
+    saver = BestModelSaver(network, tmp_path / "model.pt")
+    engine.state.key_metric_name = "val_competition_dice"
+    scores = [0.3, 0.5, 0.4]
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: e.state.metrics.update(val_competition_dice=scores[e.state.epoch - 1]))
+    saver.attach(engine)
+    saved = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: saved.append(json.loads((tmp_path / "model.json").read_text())["epoch"]))
+    engine.run([0], max_epochs=3)
+    assert saved == [1, 2, 2]
+    weights = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert set(weights) == {"weight", "bias"}
+    assert json.loads((tmp_path / "model.json").read_text())["score"] == 0.5
+
+
+def test_resumed_saver_does_not_replace_a_better_model(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"metric": "m", "score": 0.9, "epoch": 4}))
+    saver = BestModelSaver(torch.nn.Linear(2, 1), tmp_path / "model.pt", metric_name="m", resume=True)
+    engine = Engine(lambda engine, batch: None)
+    engine.state.metrics["m"] = 0.7
+    saver(engine)
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_unknown_metric_is_a_clear_error(tmp_path):
+    engine = Engine(lambda engine, batch: None)
+    with pytest.raises(KeyError, match="nope"):
+        BestModelSaver(torch.nn.Linear(2, 1), tmp_path / "model.pt", metric_name="nope")(engine)
+
+
+def test_unwrap_removes_data_parallel_wrappers():
+    inner = torch.nn.Linear(2, 1)
+    assert unwrap(torch.nn.DataParallel(inner)) is inner
+
+
+def test_checkpoint_round_trips_network_optimizer_and_trainer_position(tmp_path):
+    network = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+
+    def step(engine, batch):
+        optimizer.zero_grad()
+        network(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+
+    trainer = Engine(step)
+    TrainingCheckpoint(tmp_path, {"network": network, "optimizer": optimizer}).attach(trainer)
+    trainer.run([0, 1], max_epochs=2)
+    trained = {k: v.clone() for k, v in network.state_dict().items()}
+
+    fresh = torch.nn.Linear(2, 1)
+    fresh_optimizer = torch.optim.SGD(fresh.parameters(), lr=0.1)
+    resumed = Engine(lambda engine, batch: None)
+    TrainingCheckpoint(tmp_path, {"network": fresh, "optimizer": fresh_optimizer}, resume=True).attach(resumed)
+    resumed.run([0, 1], max_epochs=3)
+    assert resumed.state.epoch == 3 and resumed.state.iteration == 6  # continued after epoch 2, iteration 4
+    for name, value in trained.items():
+        torch.testing.assert_close(fresh.state_dict()[name], value)
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        TrainingCheckpoint(tmp_path, {}, resume=True)
