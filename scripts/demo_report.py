@@ -1,0 +1,49 @@
+"""What ``make demo`` produced, where it went, and how the model compares with predicting every image empty.
+
+    python -m scripts.demo_report --demo_dir demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def all_empty_score(datalist_items: list[dict]) -> float:
+    """The competition score of predicting every image empty: the share of negative images."""
+    return sum(not item["positive"] for item in datalist_items) / len(datalist_items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--demo_dir", default="demo")
+    parser.add_argument("--fold", type=int, default=0)
+    args = parser.parse_args(argv)
+    demo = Path(args.demo_dir)
+    summary = json.loads((demo / "runs" / "eval" / "metrics.json").read_text())
+    items = json.loads((demo / "datalist.json").read_text())["items"]
+    held_out = [item for item in items if item["fold"] == args.fold]
+    metrics = summary["metrics"]
+    baseline = all_empty_score(held_out)
+    lines = [
+        f"Demo data        {demo / 'siim'} ({len(items)} training images, 5 folds)",
+        f"Datalist         {demo / 'datalist.json'}",
+        f"Best model       {demo / 'models' / 'model.pt'} (thresholds: {demo / 'models' / 'thresholds.json'})",
+        f"Training logs    {demo / 'runs' / 'train'} (TensorBoard, checkpoint.pt)",
+        f"Evaluation       {demo / 'runs' / 'eval'} (metrics.json, per-image CSV)",
+        "",
+        f"Held-out fold {args.fold}: {len(held_out)} images, {sum(i['positive'] for i in held_out)} with pneumothorax",
+        f"  competition Dice, configured thresholds  {metrics['val_competition_dice']:.4f}",
+        f"  competition Dice, tuned thresholds       {metrics['val_tuned_competition_dice']:.4f} (tuned on this fold)",
+        f"  predicting every image empty             {baseline:.4f}",
+        f"  pixel Dice {metrics['val_pixel_dice']:.4f}, sensitivity {metrics['val_sensitivity']:.4f}, "
+        f"specificity {metrics['val_specificity']:.4f}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
