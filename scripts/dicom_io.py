@@ -19,6 +19,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
+from scripts.atomic import atomic_open
+
 __all__ = ["RADIOGRAPH_TAGS", "RadiographReader", "write_radiograph"]
 
 #: Tags copied into a loaded image's metadata as plain values (collatable, readable by transforms).
@@ -91,8 +93,6 @@ def write_radiograph(
 
     The file is written to a temporary name and renamed, so an interrupted run never leaves half a file.
     """
-    from scripts.atomic import atomic_open
-
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"write_radiograph needs a 2-D uint8/uint16 array, got {pixels.dtype} {pixels.shape}")

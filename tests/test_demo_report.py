@@ -1,0 +1,35 @@
+"""Specification of the demo's closing report (scripts/demo_report.py)."""
+
+import json
+
+import pytest
+
+from scripts.demo_report import all_empty_score, main
+
+
+def test_all_empty_score_is_the_share_of_negative_images():
+    assert all_empty_score([{"positive": True}, {"positive": False}, {"positive": False}, {"positive": False}]) == 0.75
+
+
+def test_report_names_the_outputs_and_compares_with_the_baseline(tmp_path, capsys):
+    (tmp_path / "runs" / "eval").mkdir(parents=True)
+    metrics = {
+        "val_competition_dice": 0.8,
+        "val_tuned_competition_dice": 0.82,
+        "val_pixel_dice": 0.4,
+        "val_sensitivity": 0.7,
+        "val_specificity": 0.9,
+    }
+    (tmp_path / "runs" / "eval" / "metrics.json").write_text(json.dumps({"images": 4, "metrics": metrics}))
+    items = [{"positive": i == 0, "fold": 0} for i in range(4)] + [{"positive": True, "fold": 1}]
+    (tmp_path / "datalist.json").write_text(json.dumps({"items": items}))
+    assert main(["--demo_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "4 images, 1 with pneumothorax" in out
+    assert "predicting every image empty             0.7500" in out
+    assert "configured thresholds  0.8000" in out and "model.pt" in out
+
+
+def test_missing_evaluation_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        main(["--demo_dir", str(tmp_path)])
