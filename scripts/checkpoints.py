@@ -30,7 +30,7 @@ from scripts.atomic import atomic_open
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "TrainingCheckpoint", "unwrap"]
+__all__ = ["BestModelSaver", "TrainingCheckpoint", "is_main_process", "unwrap"]
 
 
 def unwrap(network: torch.nn.Module) -> torch.nn.Module:
@@ -44,7 +44,8 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
             return network
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """True outside distributed runs, and on rank 0 inside them: the process that writes files."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -82,7 +83,7 @@ class BestModelSaver:
         if not score > self.best:  # also skips NaN
             return
         self.best = score
-        if not _is_main_process():
+        if not is_main_process():
             return
         state = {key: value.detach().cpu() for key, value in unwrap(self.network).state_dict().items()}
         _atomic_torch_save(state, self.path)
@@ -125,7 +126,7 @@ class TrainingCheckpoint:
         return objects
 
     def save(self, engine: Engine) -> None:
-        if not _is_main_process():
+        if not is_main_process():
             return
         numpy_state = np.random.get_state()
         checkpoint = {name: obj.state_dict() for name, obj in self._stateful(engine).items()}

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import pydicom
 
     from scripts.siim_csv import read_rle_csv
+    from scripts.transforms import NormalizeRadiograph
 
     parser = argparse.ArgumentParser(description="Draw a DICOM radiograph with its pneumothorax outline as a PNG.")
     parser.add_argument("--dicom", required=True)
@@ -74,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     mask = np.zeros(pixels.shape, dtype=bool)
     for annotation in annotations:
         mask |= rle.decode(annotation, pixels.shape)
-    if str(getattr(ds, "PhotometricInterpretation", "")) == "MONOCHROME1":
-        pixels = pixels.max() - pixels
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    pixels = NormalizeRadiograph(mode="bits")(pixels, photometric=photometric, bits_stored=getattr(ds, "BitsStored", None))
     print(save_overlay(args.out, pixels, mask))
     return 0
 

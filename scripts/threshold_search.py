@@ -16,6 +16,7 @@ import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric
 
+from scripts.checkpoints import is_main_process
 from scripts.postprocessing import REFERENCE_PIXELS, Triplet, save_triplet
 
 logger = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class TripletSearchHandler(IgniteMetricHandler):
 
     def compute(self):
         rows = self.search.table()
-        if rows and (not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0):
+        if rows and is_main_process():
             triplet, score = rows[0]
             save_triplet(self.output_path, triplet, competition_dice=score, grid=[[*vars(t).values(), s] for t, s in rows])
             logger.info("best triplet %s: competition Dice %.4f -> %s", triplet, score, self.output_path)

@@ -35,3 +35,11 @@ def test_command_line_draws_a_dicom_with_its_csv_annotations(tmp_path):
     assert picture.shape == (60, 40, 3)
     outline = np.all(picture == OUTLINE_RGB, axis=-1)
     assert outline.any() and not outline[~mask].any()
+
+
+def test_command_line_shows_monochrome1_images_with_bright_bone(tmp_path):
+    pixels, mask = asymmetric_case(rows=60, cols=40)
+    dicom = write_test_dicom(tmp_path / "m1.dcm", (255 - pixels).astype(np.uint8), photometric="MONOCHROME1", jpeg_quality=None)
+    assert main(["--dicom", str(dicom), "--rle", "-1", "--out", str(tmp_path / "o.png")]) == 0
+    grey = np.asarray(Image.open(tmp_path / "o.png"))[..., 0]
+    assert grey[mask].mean() > grey[~mask].mean() + 100  # the bright structure stays bright after inversion
