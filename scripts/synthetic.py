@@ -65,12 +65,15 @@ def synthetic_case(
     jpeg_quality: int | None,
     image_dir: str = TRAIN_IMAGE_DIR,
     lesion_contrast: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> SyntheticCase:
     """Render and write image ``index`` of a dataset; deterministic in (seed, index, image_dir)."""
     stream = 0 if image_dir == TRAIN_IMAGE_DIR else 1
     rng = np.random.default_rng([seed, stream, index])
     n_regions = _draw_region_count(rng) if rng.random() < positive_share else 0
-    pixels, regions = render_case(rng, rows=rows, cols=cols, n_regions=n_regions, lesion_contrast=lesion_contrast)
+    pixels, regions = render_case(
+        rng, rows=rows, cols=cols, n_regions=n_regions, lesion_contrast=lesion_contrast, lesion_scale=lesion_scale
+    )
     number = 1000 + 3 * index + stream  # unique within a dataset, like the SIIM numbering
     stamp = 1517875000 + int(rng.integers(0, 30000))
     study, series, sop = (
@@ -106,6 +109,7 @@ def generate_dataset(
     csv_style: str = "stage1",
     workers: int = 1,
     lesion_contrast: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> list[SyntheticCase]:
     """Write a SIIM-format dataset of ``n`` training images (and ``n_test`` unannotated test images).
 
@@ -117,8 +121,8 @@ def generate_dataset(
         raise ValueError(f"positive_share must lie in [0, 1], got {positive_share}")
     out_dir = Path(out_dir)
     common = (seed, rows, cols, positive_share, jpeg_quality)
-    jobs = [(out_dir, i, *common, TRAIN_IMAGE_DIR, lesion_contrast) for i in range(n)]
-    jobs += [(out_dir, i, *common, TEST_IMAGE_DIR, lesion_contrast) for i in range(n_test)]
+    jobs = [(out_dir, i, *common, TRAIN_IMAGE_DIR, lesion_contrast, lesion_scale) for i in range(n)]
+    jobs += [(out_dir, i, *common, TEST_IMAGE_DIR, lesion_contrast, lesion_scale) for i in range(n_test)]
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             cases = list(pool.map(_run_job, jobs, chunksize=4))
@@ -158,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lesion_contrast", type=float, default=1.0, help="pneumothorax visibility (1: subtle as on real films)"
     )
+    parser.add_argument(
+        "--lesion_scale", type=float, default=1.0, help="multiplies pneumothorax areas (1: SIIM-like sizes)"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     args = parser.parse_args(argv)
     rows, cols = args.rows or args.size, args.cols or args.size
@@ -174,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         csv_style=args.csv_style,
         workers=args.workers,
         lesion_contrast=args.lesion_contrast,
+        lesion_scale=args.lesion_scale,
     )
     positives = sum(bool(case.annotations) for case in cases)
     seconds = time.perf_counter() - start

@@ -92,7 +92,12 @@ class SyntheticChest:
 
 
 def render_case(
-    rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0, lesion_contrast: float = 1.0
+    rng: np.random.Generator,
+    rows: int = 1024,
+    cols: int = 1024,
+    n_regions: int = 0,
+    lesion_contrast: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Render one synthetic frontal chest radiograph with ``n_regions`` pneumothorax annotations.
 
@@ -103,6 +108,8 @@ def render_case(
         n_regions: number of pneumothorax annotations to draw; 0 draws a normal chest.
         lesion_contrast: multiplies the pneumothorax's lucency and pleural line (1: subtle, as on real films;
             larger values make an easier data set, e.g. for a demo that must learn in minutes on a CPU).
+        lesion_scale: multiplies the drawn annotation areas (1: the SIIM-like size distribution; larger values
+            give larger, deeper pneumothoraces, still capped at part of the lung).
 
     Returns:
         ``(image, regions)``: image uint8 ``(rows, cols)``, MONOCHROME2 (bone and soft tissue bright, air and
@@ -110,12 +117,17 @@ def render_case(
         non-empty, lie in a lung along its outer pleura, and some partly overlap (parts of one pneumothorax
         annotated separately).
     """
-    chest = render_chest(rng, rows, cols, n_regions, lesion_contrast)
+    chest = render_chest(rng, rows, cols, n_regions, lesion_contrast, lesion_scale)
     return chest.image, chest.regions
 
 
 def render_chest(
-    rng: np.random.Generator, rows: int = 1024, cols: int = 1024, n_regions: int = 0, lesion_contrast: float = 1.0
+    rng: np.random.Generator,
+    rows: int = 1024,
+    cols: int = 1024,
+    n_regions: int = 0,
+    lesion_contrast: float = 1.0,
+    lesion_scale: float = 1.0,
 ) -> SyntheticChest:
     """Render a case as :func:`render_case` does, also returning the lung fields (see :class:`SyntheticChest`)."""
     if rows < 64 or cols < 64:
@@ -124,6 +136,8 @@ def render_chest(
         raise ValueError(f"n_regions must be >= 0, got {n_regions}")
     if lesion_contrast <= 0:
         raise ValueError(f"lesion_contrast must be > 0, got {lesion_contrast}")
+    if lesion_scale <= 0:
+        raise ValueError(f"lesion_scale must be > 0, got {lesion_scale}")
     anatomy_rng, texture_rng, region_rng, acquisition_rng = (
         np.random.default_rng(seed) for seed in rng.integers(0, 2**63 - 1, size=4)
     )
@@ -152,7 +166,7 @@ def render_chest(
     markings = _lung_markings(texture_rng, frame, lungs)
     markings *= lung_soft
 
-    plans = _plan_pneumothoraces(region_rng, lungs, n_regions, rows * cols / 1024.0**2)
+    plans = _plan_pneumothoraces(region_rng, lungs, n_regions, lesion_scale * rows * cols / 1024.0**2)
     plans, regions = _rasterize_regions(frame, lungs, plans)
     union = np.zeros((rows, cols), bool)
     for region in regions:

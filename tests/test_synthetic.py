@@ -146,3 +146,16 @@ def test_lesion_contrast_makes_the_pneumothorax_more_visible(tmp_path):
     np.testing.assert_array_equal(mask, same_mask)  # same case, same annotations
     assert strong[mask].mean() < subtle[mask].mean() - 2  # clearly darker inside
     np.testing.assert_allclose(strong[~mask].mean(), subtle[~mask].mean(), atol=0.5)  # outside barely moves
+
+
+def test_lesion_scale_draws_larger_pneumothoraces(tmp_path):
+    def total_area(scale, seed):
+        cases = generate_dataset(
+            tmp_path / f"{scale}-{seed}", n=4, seed=seed, rows=128, cols=128, positive_share=1.0, jpeg_quality=None, lesion_scale=scale
+        )
+        return sum(rle.decode(a, (128, 128)).sum() for case in cases for a in case.annotations)
+
+    for seed in (0, 1):
+        assert total_area(3.0, seed) > 1.25 * total_area(1.0, seed)  # less than 3x: lung-size caps, pixel rounding
+    with pytest.raises(ValueError, match="lesion_scale"):
+        generate_dataset(tmp_path / "bad", n=1, lesion_scale=0.0)
