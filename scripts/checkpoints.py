@@ -27,6 +27,7 @@ import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from scripts.atomic import atomic_open
+from scripts.flags import as_flag
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class BestModelSaver:
         self.network, self.path, self.metric_name = network, Path(path), metric_name
         self.record_path = self.path.with_suffix(".json")
         self.best = -float("inf")
-        if resume and self.record_path.is_file():
+        if as_flag(resume, "resume") and self.record_path.is_file():
             self.best = float(json.loads(self.record_path.read_text())["score"])
 
     def attach(self, engine: Engine) -> None:
@@ -108,7 +109,7 @@ class TrainingCheckpoint:
     def __init__(self, ckpt_dir: str | os.PathLike, objects: Mapping[str, object], resume: bool = False, save_interval: int = 1):
         self.path = Path(ckpt_dir) / self.filename
         self.objects = dict(objects)
-        self.resume = resume
+        self.resume = as_flag(resume, "resume")
         self.save_interval = save_interval
         if resume and not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no checkpoint to resume from")
