@@ -7,7 +7,9 @@ transforms do that transpose in one place each way:
 * :class:`RLEToMask` / :class:`RLEToMaskd`: annotation strings -> ``(1, cols, rows)`` label aligned with the image;
 * :class:`MaskToRLE` / :class:`MaskToRLEd`: a ``(1, cols, rows)`` or ``(cols, rows)`` prediction -> RLE string;
 * :class:`NormalizeRadiograph` / :class:`NormalizeRadiographd`: MONOCHROME1 inversion and 8-16 bit inputs to
-  ``[0, 1]``.
+  ``[0, 1]``;
+* :func:`radiograph_loading`: the image preprocessing that training, validation and inference share (one place,
+  so that inference sees exactly what the model was validated on).
 
 As in MONAI, each array transform does the work and its dictionary wrapper applies it to ``keys``.
 """
@@ -20,12 +22,14 @@ import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import EnsureChannelFirstd, LoadImaged, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy
 
 from scripts import rle
+from scripts.dicom_io import RadiographReader
 
 __all__ = [
+    "radiograph_loading",
     "RLEToMask",
     "RLEToMaskd",
     "MaskToRLE",
@@ -225,3 +229,17 @@ class NormalizeRadiographd(MapTransform):
                 img, photometric=meta.get("PhotometricInterpretation", "MONOCHROME2"), bits_stored=meta.get("BitsStored")
             )
         return d
+
+
+def radiograph_loading(keys: KeysCollection = "image", mode: str = "percentile") -> list[MapTransform]:
+    """Load DICOM radiographs as ``(1, cols, rows)`` float32 in ``[0, 1]``: the deterministic image preprocessing.
+
+    ``LoadImaged`` with :class:`scripts.dicom_io.RadiographReader` (pydicom, the tags normalisation needs, a clear
+    error for RGB / multi-frame / pixel-less files), ``EnsureChannelFirstd``, :class:`NormalizeRadiographd`.
+    ``configs/train.json`` (training and validation) and ``configs/inference.json`` both use this list.
+    """
+    return [
+        LoadImaged(keys=keys, reader=RadiographReader(), image_only=True),
+        EnsureChannelFirstd(keys=keys),
+        NormalizeRadiographd(keys=keys, mode=mode),
+    ]

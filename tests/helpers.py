@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from scripts.dicom_io import write_radiograph
 
@@ -30,3 +31,18 @@ def write_test_dicom(path: Path, pixels: np.ndarray, **kwargs) -> Path:
         series_instance_uid=uid + ".2",
         **kwargs,
     )
+
+
+class BrightnessNet(torch.nn.Module):
+    """A stand-in segmentation network with a known answer: logits ``gain * (x - 0.5)``, i.e. bright = positive.
+
+    It takes (and ignores) AttentionUnet's arguments, so a test config can swap it in for ``network_def`` and check
+    the whole inference pipeline (loading, orientation, sliding window, thresholds, writers) against a known mask.
+    """
+
+    def __init__(self, gain: float = 40.0, **_: object) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(float(gain)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * (x - 0.5)

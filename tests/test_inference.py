@@ -1,0 +1,300 @@
+"""Inference on DICOM folders (configs/inference.json): every output, bad files, orientation, ensembles, TTA."""
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+from PIL import Image
+
+from scripts import rle
+from scripts.dicom_folder import is_dicom_file, safe_name, scan_dicom_inputs
+from scripts.dicom_seg import read_segmentation_mask
+from scripts.inference import AveragedProbabilities, load_weights
+from tests.conftest import REPO, config_files, run_bundle
+from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
+
+BRIGHTNESS = str(REPO / "tests" / "configs" / "inference_brightness.json")
+SECRET_PATIENT = "SECRET^PATIENT-4711"
+
+
+def _rgb_dicom(path: Path) -> None:
+    write_test_dicom(path, np.zeros((32, 32), np.uint8), sop_instance_uid="1.2.3.999", jpeg_quality=None)
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
+    ds.save_as(path)
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory) -> dict:
+    """A folder tree with good radiographs (known masks), broken DICOMs and non-DICOM files."""
+    root = tmp_path_factory.mktemp("inference_in")
+    truth = {}
+    pixels, mask = asymmetric_case(300, 220)
+    good = {
+        "1.2.826.0.1.3680043.8.498.10": (pixels, mask, {}),
+        # the same picture stored MONOCHROME1 in 12 bits: inverted values, the same anatomy and mask
+        "1.2.826.0.1.3680043.8.498.11": (
+            (4095 - pixels.astype(np.uint16) * 16).astype(np.uint16),
+            mask,
+            {"photometric": "MONOCHROME1", "bits_stored": 12},
+        ),
+        # a wide image and an all-dark (empty) one
+        "1.2.826.0.1.3680043.8.498.12": (pixels.T.copy(), mask.T.copy(), {}),
+        "1.2.826.0.1.3680043.8.498.13": (np.zeros((128, 160), np.uint8), np.zeros((128, 160), bool), {}),
+        # a hostile SOPInstanceUID must not steer output paths
+        "../../escaped": (pixels, mask, {}),
+    }
+    for k, (uid, (image, truth_mask, kwargs)) in enumerate(good.items()):
+        sub = root / f"study{k}" / "series"
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Invalid value for VR UI")  # the hostile UID, on purpose
+            write_test_dicom(
+                sub / f"image{k}.dcm", image, sop_instance_uid=uid, patient_id=SECRET_PATIENT, jpeg_quality=None, **kwargs
+            )
+        truth[uid] = truth_mask
+    # a DICOM without an extension is still found
+    extensionless = root / "noext" / "IMG0001"
+    write_test_dicom(extensionless, pixels, sop_instance_uid="1.2.826.0.1.3680043.8.498.14", jpeg_quality=None)
+    truth["1.2.826.0.1.3680043.8.498.14"] = mask
+    bad = root / "bad"
+    bad.mkdir()
+    (bad / "garbage.dcm").write_bytes(b"this is not a DICOM file")
+    source = (root / "study0" / "series" / "image0.dcm").read_bytes()
+    (bad / "truncated.dcm").write_bytes(source[: len(source) // 2])
+    no_pixels = pydicom.dcmread(root / "study0" / "series" / "image0.dcm")
+    del no_pixels.PixelData
+    no_pixels.SOPInstanceUID = "1.2.3.998"
+    no_pixels.save_as(bad / "no_pixels.dcm")
+    _rgb_dicom(bad / "rgb.dcm")
+    (root / "notes.txt").write_text("not an image\n")
+    (root / "study0" / "thumbnail.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    return {"root": root, "truth": truth, "bad": sorted(p.name for p in bad.iterdir()), "skipped": 2}
+
+
+@pytest.fixture(scope="module")
+def brightness_weights(tmp_path_factory) -> Path:
+    ckpt_dir = tmp_path_factory.mktemp("brightness_ckpt")
+    torch.save(BrightnessNet().state_dict(), ckpt_dir / "model.pt")
+    return ckpt_dir
+
+
+def _run_inference(folder: Path, out: Path, ckpt_dir: Path, *extra: str):
+    return run_bundle(
+        [
+            "run",
+            "--config_file",
+            config_files("configs/inference.json", BRIGHTNESS),
+            "--meta_file",
+            "configs/metadata.json",
+            "--logging_file",
+            "configs/logging.conf",
+            "--bundle_root",
+            str(REPO),
+            "--dataset_dir",
+            str(folder),
+            "--output_dir",
+            str(out),
+            "--ckpt_dir",
+            str(ckpt_dir),
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def inference_run(mixed_folder, brightness_weights, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("inference_out")
+    result = _run_inference(mixed_folder["root"], out, brightness_weights, "--write_overlays", "true")
+    return {"out": out, "log": result.stdout + result.stderr}
+
+
+def test_scan_finds_dicoms_recursively_and_skips_other_files(mixed_folder):
+    scan = scan_dicom_inputs(mixed_folder["root"])
+    names = sorted(p.name for p in scan.files)
+    assert "IMG0001" in names and "garbage.dcm" in names and len(scan.files) == 6 + 4
+    assert sorted(p.name for p in scan.skipped) == ["notes.txt", "thumbnail.png"]
+    single = scan_dicom_inputs(mixed_folder["root"] / "noext" / "IMG0001")
+    assert single.files == [mixed_folder["root"] / "noext" / "IMG0001"] and not single.skipped
+    assert not is_dicom_file(mixed_folder["root"] / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        scan_dicom_inputs(mixed_folder["root"] / "missing")
+
+
+@pytest.mark.parametrize("identifier", ["../../x", "..", ".", "", "a/b\\c", "x" * 300, "1.2.3/../4"])
+def test_safe_name_stays_in_its_folder(identifier, tmp_path):
+    name = safe_name(identifier)
+    assert name and "/" not in name and "\\" not in name and not name.startswith(".") and len(name) <= 128
+    assert (tmp_path / name).resolve().parent == tmp_path.resolve()
+
+
+def test_safe_name_keeps_uids_and_separates_lookalikes():
+    assert safe_name("1.2.276.0.7230010.3.1.4.8323329.1000.1517875157.4") == "1.2.276.0.7230010.3.1.4.8323329.1000.1517875157.4"
+    assert safe_name("a/b") != safe_name("a_b") and safe_name("a/b") != safe_name("a?b")
+
+
+def test_inference_config_has_every_model_zoo_property(mixed_folder, tmp_path):
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "inference.json"))
+    torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
+    workflow = ConfigWorkflow(
+        config_file=str(REPO / "configs" / "inference.json"),
+        meta_file=str(REPO / "configs" / "metadata.json"),
+        workflow_type="infer",
+        output_dir=str(tmp_path / "out"),
+        ckpt_dir=str(tmp_path),
+        dataset_dir=str(mixed_folder["root"]),
+    )
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])
+    assert (tmp_path / "out").is_dir()
+
+
+def test_submission_csv_has_one_row_per_image_in_competition_format(inference_run, mixed_folder):
+    text = (inference_run["out"] / "submission.csv").read_text()
+    lines = text.splitlines()
+    assert lines[0] == "ImageId,EncodedPixels"
+    rows = list(csv.reader(lines[1:]))
+    truth = mixed_folder["truth"]
+    assert sorted(image_id for image_id, _ in rows) == sorted(truth)
+    for image_id, encoded in rows:
+        expected = truth[image_id]
+        if not expected.any():
+            assert encoded == "-1"
+        else:
+            np.testing.assert_array_equal(rle.decode(encoded, expected.shape), expected, err_msg=image_id)
+
+
+def test_png_masks_match_the_known_truth_in_image_orientation(inference_run, mixed_folder):
+    masks = inference_run["out"] / "masks"
+    for image_id, expected in mixed_folder["truth"].items():
+        png = np.asarray(Image.open(masks / f"{safe_name(image_id)}.png"))
+        assert png.shape == expected.shape and png.dtype == np.uint8
+        assert set(np.unique(png)) <= {0, 255}
+        np.testing.assert_array_equal(png == 255, expected, err_msg=image_id)
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_dicom_seg_per_positive_image_reads_back_and_references_its_source(inference_run, mixed_folder):
+    out = inference_run["out"]
+    positives = {image_id for image_id, mask in mixed_folder["truth"].items() if mask.any()}
+    assert {p.stem for p in (out / "seg").iterdir()} == {safe_name(i) for i in positives}
+    sources = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in scan_dicom_inputs(mixed_folder["root"]).files if p.parent.name != "bad"}
+    for image_id in positives:
+        seg_path = out / "seg" / f"{safe_name(image_id)}.dcm"
+        frame = read_segmentation_mask(seg_path)
+        png = np.asarray(Image.open(out / "masks" / f"{safe_name(image_id)}.png")) == 255
+        np.testing.assert_array_equal(frame.astype(bool), png)
+        seg = pydicom.dcmread(seg_path)
+        source = pydicom.dcmread(sources[image_id], stop_before_pixels=True)
+        assert seg.Modality == "SEG" and seg.StudyInstanceUID == source.StudyInstanceUID
+        referenced = seg.ReferencedSeriesSequence[0]
+        assert referenced.SeriesInstanceUID == source.SeriesInstanceUID
+        assert referenced.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == image_id
+        assert seg.SegmentSequence[0].SegmentLabel == "pneumothorax"
+        assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "36118008"
+
+
+def test_bad_files_are_listed_with_reasons_and_the_rest_processed(inference_run, mixed_folder):
+    out = inference_run["out"]
+    with open(out / "errors.csv", newline="") as handle:
+        errors = list(csv.DictReader(handle))
+    assert sorted(Path(row["file"]).name for row in errors) == mixed_folder["bad"]
+    reasons = {Path(row["file"]).name: row["reason"] for row in errors}
+    assert "samples per pixel" in reasons["rgb.dcm"]
+    assert "no pixel data" in reasons["no_pixels.dcm"]
+    assert all(reason.strip() for reason in reasons.values())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed"] == len(mixed_folder["truth"])
+    assert summary["failed"] == summary["errors"] == len(mixed_folder["bad"])
+    assert summary["skipped_non_dicom"] == mixed_folder["skipped"]
+    assert summary["positive"] == sum(m.any() for m in mixed_folder["truth"].values())
+    assert summary["dicom_files"] == summary["processed"] + summary["failed"]
+    assert summary["seconds_per_image"] > 0 and summary["thresholds"]["top"] == 0.5
+
+
+def test_outputs_never_escape_and_patient_data_stays_out_of_logs(inference_run, mixed_folder):
+    out = inference_run["out"].resolve()
+    for path in out.rglob("*"):
+        assert path.resolve().is_relative_to(out)
+    assert not (out.parent.parent / "escaped.png").exists()
+    assert (out / "masks" / f"{safe_name('../../escaped')}.png").is_file()
+    assert SECRET_PATIENT not in inference_run["log"] and "PATIENT-4711" not in inference_run["log"]
+    for name in ("summary.json", "errors.csv", "submission.csv"):
+        assert "PATIENT-4711" not in (out / name).read_text()
+
+
+def test_overlays_on_request(inference_run, mixed_folder):
+    overlays = inference_run["out"] / "overlays"
+    for image_id, expected in mixed_folder["truth"].items():
+        picture = np.asarray(Image.open(overlays / f"{safe_name(image_id)}.png"))
+        assert picture.shape == (*expected.shape, 3)
+
+
+def test_no_temporary_files_left(inference_run):
+    assert not [p for p in inference_run["out"].rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_single_file_input_and_flip_tta_with_two_checkpoints(mixed_folder, brightness_weights, tmp_path):
+    second = tmp_path / "second.pt"
+    torch.save(BrightnessNet(gain=20.0).state_dict(), second)
+    image = mixed_folder["root"] / "study0" / "series" / "image0.dcm"
+    out = tmp_path / "out"
+    _run_inference(
+        image,
+        out,
+        brightness_weights,
+        "--tta",
+        "true",
+        "--checkpoints",
+        f"['{brightness_weights / 'model.pt'}','{second}']",
+        "--write_seg",
+        "false",
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed"] == 1 and summary["tta"] is True and len(summary["checkpoints"]) == 2
+    png = np.asarray(Image.open(out / "masks" / f"{safe_name('1.2.826.0.1.3680043.8.498.10')}.png")) == 255
+    np.testing.assert_array_equal(png, mixed_folder["truth"]["1.2.826.0.1.3680043.8.498.10"])
+    assert not (out / "seg").exists()
+
+
+def test_averaged_probabilities_is_the_mean_probability_over_checkpoints_and_flips(tmp_path):
+    torch.manual_seed(0)
+    nets = [torch.nn.Conv2d(1, 1, 3, padding=1) for _ in range(2)]
+    paths = []
+    for k, net in enumerate(nets):
+        paths.append(tmp_path / f"m{k}.pt")
+        torch.save(net.state_dict(), paths[-1])
+    x = torch.rand(2, 1, 12, 10)
+    single = AveragedProbabilities(torch.nn.Conv2d(1, 1, 3, padding=1), paths[:1])
+    torch.testing.assert_close(single(x), nets[0](x))
+    both = AveragedProbabilities(torch.nn.Conv2d(1, 1, 3, padding=1), paths, flip_tta=True)
+    expected = sum(
+        torch.sigmoid(net(x)) + torch.flip(torch.sigmoid(net(torch.flip(x, dims=(2,)))), dims=(2,)) for net in nets
+    ) / 4
+    torch.testing.assert_close(torch.sigmoid(both(x)), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_load_only_as_plain_state_dicts(tmp_path):
+    torch.save({"weight": BrightnessNet()}, tmp_path / "evil.pt")  # a pickled module, not tensors
+    with pytest.raises(ValueError, match="evil.pt.*weights_only"):
+        load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "evil.pt")
+    with pytest.raises(FileNotFoundError, match="no weights at"):
+        load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "missing.pt")
+    torch.save(torch.nn.Conv2d(1, 2, 1).state_dict(), tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="other.pt: weights do not fit"):
+        load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "other.pt")
+
+
+def test_inference_builds_the_network_that_training_saves():
+    train, infer = (json.loads((REPO / "configs" / name).read_text()) for name in ("train.json", "inference.json"))
+    assert infer["network_def"] == train["network_def"]
+    demo, demo_infer = (json.loads((REPO / "configs" / n).read_text()) for n in ("demo.json", "demo_inference.json"))
+    assert demo_infer["network_def#channels"] == demo["network_def#channels"]
+    assert demo_infer["roi_size"] == demo["crop_size"]
