@@ -1,15 +1,18 @@
 # The two commands a new user runs (see README.md):
-#   make demo   set up .venv, generate the synthetic SIIM-format demo data, train on it (CPU is fine), evaluate
+#   make demo   set up .venv, generate the synthetic SIIM-format demo data, train on it (CPU is fine), evaluate,
+#               run inference on the demo's unannotated test images
 #   make test   set up .venv with the test tools and run the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
 # The demo profile (configs/demo.json) trains a small network for a few minutes on a CPU, so its data set is small
-# (256 x 256) with clearly visible pneumothoraces; the generator's defaults (1024 x 1024, subtle) are the hard case.
-DEMO_N ?= 240
+# (256 x 256) with clearly visible, larger pneumothoraces; the generator's defaults (1024 x 1024, subtle,
+# SIIM-like sizes) are the hard case.
+DEMO_N ?= 400
 DEMO_SIZE ?= 256
-DEMO_CONTRAST ?= 8
+DEMO_CONTRAST ?= 25
+DEMO_LESION_SCALE ?= 3
 BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadata.json --logging_file configs/logging.conf
 PYTEST_ARGS ?=
 
@@ -30,13 +33,16 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 # The CSV is written last, so its presence marks a complete dataset.
 $(DEMO_DIR)/siim/train-rle.csv: | $(VENV)/.runtime-installed
 	$(PY) -m scripts.synthetic --out $(DEMO_DIR)/siim --n $(DEMO_N) --n_test 20 --size $(DEMO_SIZE) \
-		--lesion_contrast $(DEMO_CONTRAST) --seed 0
+		--lesion_contrast $(DEMO_CONTRAST) --lesion_scale $(DEMO_LESION_SCALE) --seed 0
 
 demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
 	$(PY) -m scripts.datalist --data_dir $(DEMO_DIR)/siim --out $(DEMO_DIR)/datalist.json
 	$(BUNDLE_RUN) --config_file "['configs/train.json','configs/demo.json']" --bundle_root .
 	$(BUNDLE_RUN) --config_file "['configs/train.json','configs/evaluate.json','configs/demo.json']" --bundle_root . \
 		--output_dir $(DEMO_DIR)/runs/eval
+	$(BUNDLE_RUN) --config_file "['configs/inference.json','configs/demo_inference.json']" --bundle_root . \
+		--dataset_dir $(DEMO_DIR)/siim/dicom-images-test --output_dir $(DEMO_DIR)/runs/inference \
+		--ckpt_dir $(DEMO_DIR)/models
 	$(PY) -m scripts.demo_report --demo_dir $(DEMO_DIR)
 
 test: $(VENV)/.dev-installed

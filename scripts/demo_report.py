@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     held_out = [item for item in items if item["fold"] == args.fold]
     metrics = summary["metrics"]
     baseline = all_empty_score(held_out)
+    inference_dir = demo / "runs" / "inference"
+    inference = json.loads((inference_dir / "summary.json").read_text())
     lines = [
         f"Demo data        {demo / 'siim'} ({len(items)} training images, 5 folds)",
         f"Datalist         {demo / 'datalist.json'}",
@@ -40,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         f"  predicting every image empty             {baseline:.4f}",
         f"  pixel Dice {metrics['val_pixel_dice']:.4f}, sensitivity {metrics['val_sensitivity']:.4f}, "
         f"specificity {metrics['val_specificity']:.4f}",
+        "",
+        f"Inference        {inference_dir} on {inference['input']}",
+        f"  {inference['processed']} images, {inference['positive']} with a predicted pneumothorax, "
+        f"{inference['errors']} errors, {inference['seconds_per_image']} s per image",
+        "  submission.csv (competition format), masks/ (PNG), seg/ (DICOM SEG), overlays/, summary.json, errors.csv",
     ]
     print("\n".join(lines))
     return 0

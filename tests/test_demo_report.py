@@ -23,11 +23,15 @@ def test_report_names_the_outputs_and_compares_with_the_baseline(tmp_path, capsy
     (tmp_path / "runs" / "eval" / "metrics.json").write_text(json.dumps({"images": 4, "metrics": metrics}))
     items = [{"positive": i == 0, "fold": 0} for i in range(4)] + [{"positive": True, "fold": 1}]
     (tmp_path / "datalist.json").write_text(json.dumps({"items": items}))
+    (tmp_path / "runs" / "inference").mkdir()
+    inference = {"input": "test-images", "processed": 20, "positive": 3, "errors": 1, "seconds_per_image": 0.2}
+    (tmp_path / "runs" / "inference" / "summary.json").write_text(json.dumps(inference))
     assert main(["--demo_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "4 images, 1 with pneumothorax" in out
     assert "predicting every image empty             0.7500" in out
     assert "configured thresholds  0.8000" in out and "model.pt" in out
+    assert "20 images, 3 with a predicted pneumothorax, 1 errors" in out and "submission.csv" in out
 
 
 def test_missing_evaluation_is_an_error(tmp_path):
