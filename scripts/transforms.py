@@ -5,6 +5,7 @@ Orientation is the subtle part. An RLE mask decodes in image orientation ``(rows
 transforms do that transpose in one place each way:
 
 * :class:`RLEToMask` / :class:`RLEToMaskd`: annotation strings -> ``(1, cols, rows)`` label aligned with the image;
+  :class:`LabelToMaskd` also takes a label image file (MONAI Label's saved labels);
 * :class:`MaskToRLE` / :class:`MaskToRLEd`: a ``(1, cols, rows)`` or ``(cols, rows)`` prediction -> RLE string;
 * :class:`NormalizeRadiograph` / :class:`NormalizeRadiographd`: MONOCHROME1 inversion and 8-16 bit inputs to
   ``[0, 1]``;
@@ -17,18 +18,23 @@ As in MONAI, each array transform does the work and its dictionary wrapper appli
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from os import PathLike
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
 from monai.data import MetaTensor
-from monai.transforms import EnsureChannelFirstd, LoadImaged, MapTransform, Transform
+from monai.transforms import EnsureChannelFirstd, LoadImage, LoadImaged, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy
 
 from scripts import rle
 from scripts.dicom_io import RadiographReader
 
+#: Label files a training item's ``label`` may name instead of RLE strings (MONAI Label's saved labels).
+LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
+
 __all__ = [
+    "LabelToMaskd",
     "radiograph_loading",
     "RLEToMask",
     "RLEToMaskd",
@@ -97,7 +103,7 @@ class RLEToMaskd(MapTransform):
         spatial_shape = tuple(reference.shape[-2:])
         for key in self.key_iterator(d):
             try:
-                mask = self.converter(d[key], spatial_shape)
+                mask = self.to_mask(d[key], spatial_shape)
             except ValueError as error:
                 source = getattr(reference, "meta", {}).get("filename_or_obj", self.ref_key)
                 raise ValueError(f"{source}: annotation in {key!r} does not fit the image: {error}") from error
@@ -107,6 +113,33 @@ class RLEToMaskd(MapTransform):
             else:
                 d[key] = torch.from_numpy(mask)
         return d
+
+    def to_mask(self, value: object, spatial_shape: tuple[int, ...]) -> np.ndarray:
+        return self.converter(value, spatial_shape)
+
+
+class LabelToMaskd(RLEToMaskd):
+    """Training labels of either kind as one ``(1, cols, rows)`` mask aligned with the loaded image.
+
+    * SIIM annotations (a list of RLE strings, ``"-1"``) as :class:`RLEToMaskd`;
+    * a label image file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.png``), as MONAI Label saves corrected labels: loaded
+      with MONAI's ``LoadImage`` (so a label written from a MONAI-loaded prediction, or by a viewer from the same
+      DICOM, comes back in the image's ``(cols, rows)`` layout), non-zero = pneumothorax.
+
+    Raises ``ValueError`` naming the image when a label file's shape is not the image's.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.loader = LoadImage(image_only=True, ensure_channel_first=False)
+
+    def to_mask(self, value: object, spatial_shape: tuple[int, ...]) -> np.ndarray:
+        if not (isinstance(value, (str, PathLike)) and str(value).lower().endswith(LABEL_FILE_SUFFIXES)):
+            return super().to_mask(value, spatial_shape)
+        array = np.squeeze(convert_to_numpy(self.loader(value)))
+        if array.shape != tuple(spatial_shape):
+            raise ValueError(f"label file {value} has shape {array.shape}, the image {tuple(spatial_shape)}")
+        return (array > 0).astype(self.converter.dtype)[None]
 
 
 class MaskToRLE(Transform):

@@ -188,3 +188,39 @@ def test_truncated_dicom_is_refused_with_the_file_name(tmp_path):
     (tmp_path / "cut.dcm").write_bytes(data[: len(data) - 2000])
     with pytest.raises(Exception, match=r"cut\.dcm"):
         LoadImaged("image", reader=RadiographReader())({"image": str(tmp_path / "cut.dcm")})
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".png"])
+def test_label_files_and_rle_give_the_same_aligned_mask(tmp_path, suffix):
+    """MONAI Label items carry a label file instead of RLE strings; both must give the same training label."""
+    import nibabel as nib
+    from PIL import Image
+
+    from scripts.transforms import LabelToMaskd, radiograph_loading
+
+    pixels, mask = asymmetric_case(rows=300, cols=220)
+    path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None)
+    label_file = tmp_path / f"label{suffix}"
+    if suffix == ".png":  # a PNG is stored in image orientation (rows, cols), as the inference writer does
+        Image.fromarray(mask.astype(np.uint8) * 255).save(label_file)
+    else:  # MONAI Label writes the (cols, rows) prediction it computed on the MONAI-loaded image
+        nib.save(nib.Nifti1Image(mask.T.astype(np.uint8), np.eye(4)), label_file)
+    pipeline = Compose([*radiograph_loading("image"), LabelToMaskd("label", ref_key="image")])
+    from_file = pipeline({"image": str(path), "label": str(label_file)})["label"]
+    from_rle = pipeline({"image": str(path), "label": [rle.encode(mask)]})["label"]
+    assert from_file.shape == (1, 220, 300) and from_file.dtype == torch.uint8
+    np.testing.assert_array_equal(from_file.numpy(), from_rle.numpy())
+
+
+def test_label_file_of_another_shape_is_refused_with_the_image_name(tmp_path):
+    import nibabel as nib
+
+    from scripts.transforms import LabelToMaskd, radiograph_loading
+
+    pixels, _ = asymmetric_case(rows=300, cols=220)
+    path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None)
+    nib.save(nib.Nifti1Image(np.zeros((300, 220), np.uint8), np.eye(4)), tmp_path / "wrong.nii.gz")
+    pipeline = Compose([*radiograph_loading("image"), LabelToMaskd("label", ref_key="image")])
+    with pytest.raises(RuntimeError) as raised:
+        pipeline({"image": str(path), "label": str(tmp_path / "wrong.nii.gz")})
+    assert "case.dcm" in str(raised.value.__cause__) and "wrong.nii.gz" in str(raised.value.__cause__)
