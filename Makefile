@@ -16,10 +16,18 @@ DEMO_LESION_SCALE ?= 3
 BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadata.json --logging_file configs/logging.conf
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-quick setup setup-dev clean-demo
+LABEL_VENV := .venv-label
+STUDIES ?= $(DEMO_DIR)/siim
+WEIGHTS ?= models/model.pt
+PORT ?= 8000
+LABEL_ARGS ?=
+
+.PHONY: demo test test-quick setup setup-dev setup-label label-server clean-demo
 
 setup: $(VENV)/.runtime-installed
 setup-dev: $(VENV)/.dev-installed
+# MONAI Label 0.8.5 needs numpy 1.26, pydicom 2 and a CUDA torch build for torchvision: a venv of its own (~7.5 GB)
+setup-label: $(LABEL_VENV)/.installed
 
 $(VENV)/.runtime-installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +36,11 @@ $(VENV)/.runtime-installed: requirements.txt
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+$(LABEL_VENV)/.installed: requirements-monailabel.txt
+	test -x $(LABEL_VENV)/bin/python || $(PYTHON) -m venv $(LABEL_VENV)
+	$(LABEL_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-monailabel.txt
 	touch $@
 
 # The CSV is written last, so its presence marks a complete dataset.
@@ -45,12 +58,18 @@ demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
 		--ckpt_dir $(DEMO_DIR)/models
 	$(PY) -m scripts.demo_report --demo_dir $(DEMO_DIR)
 
-test: $(VENV)/.dev-installed
+test: $(VENV)/.dev-installed $(LABEL_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Skips the slow end-to-end tests (marked 'slow'); CI runs everything.
 test-quick: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# MONAI Label server on STUDIES (a SIIM tree or a flat folder of DICOMs) serving WEIGHTS, on 127.0.0.1:PORT.
+# For the demo model: make label-server WEIGHTS=demo/models/model.pt \
+#     LABEL_ARGS="--override configs/demo.json --override configs/demo_inference.json"
+label-server: $(VENV)/.runtime-installed $(LABEL_VENV)/.installed
+	PYTHONPATH=. $(PY) -m scripts.label_server --studies $(STUDIES) --weights $(WEIGHTS) --port $(PORT) $(LABEL_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

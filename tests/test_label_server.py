@@ -1,0 +1,191 @@
+"""MONAI Label end to end: a real server on a loopback port, driven through its HTTP API.
+
+It needs the MONAI Label environment (`make setup-label`, which `make test` builds); without it this test fails.
+The served network is `tests.helpers.BrightnessNet` (bright = pneumothorax), so every mask has a known answer and
+alignment is checked pixel for pixel on a non-square, asymmetric radiograph.
+"""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from scripts.dicom_folder import safe_name
+from scripts.label_server import prepare_studies
+from tests.conftest import REPO
+from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
+
+LABEL_VENV = REPO / ".venv-label"
+OVERRIDE = REPO / "tests" / "configs" / "label_brightness.json"
+MODEL = "pneumothorax"
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def request(self, method, path, fields=None, files=None, body=None, timeout=600):
+        data, headers = None, {}
+        if body is not None:
+            data, headers = json.dumps(body).encode(), {"Content-Type": "application/json"}
+        elif fields is not None or files is not None:
+            boundary = uuid.uuid4().hex
+            body = io.BytesIO()
+            for name, value in (fields or {}).items():
+                body.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+            for name, path_ in (files or {}).items():
+                body.write(
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{Path(path_).name}"\r\n'
+                    "Content-Type: application/octet-stream\r\n\r\n".encode()
+                )
+                body.write(Path(path_).read_bytes() + b"\r\n")
+            body.write(f"--{boundary}--\r\n".encode())
+            data, headers = body.getvalue(), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        req = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:  # a status the test reports, with the server's explanation
+            return error.code, error.read()
+
+    def json(self, method: str, path: str, **kwargs):
+        status, body = self.request(method, path, **kwargs)
+        assert status == 200, f"{method} {path}: {status} {body[:1000]!r}"
+        return json.loads(body)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    monailabel = LABEL_VENV / "bin" / "monailabel"
+    assert monailabel.is_file(), f"{monailabel} missing: `make setup-label` builds the MONAI Label environment"
+    root = tmp_path_factory.mktemp("label")
+    # a SIIM-like tree: the server must get a flat folder of links, and leave this one untouched
+    source = root / "siim" / "dicom-images-train"
+    pixels, mask = asymmetric_case(300, 220)
+    truth = {}
+    for k in range(4):
+        uid = f"1.2.826.0.1.3680043.8.498.{100 + k}"
+        image = np.roll(pixels, 7 * k, axis=0)
+        write_test_dicom(source / f"{uid}.2" / f"{uid}.3" / f"{uid}.dcm", image, sop_instance_uid=uid, jpeg_quality=None)
+        truth[uid] = np.roll(mask, 7 * k, axis=0)
+    (source / "notes.txt").write_text("not a DICOM\n")
+    before = sorted(str(p.relative_to(root)) for p in (root / "siim").rglob("*"))
+    weights = root / "weights.pt"
+    torch.save(BrightnessNet().state_dict(), weights)
+    port = _free_port()
+    workdir = root / "work"
+    log = open(root / "server.log", "w")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scripts.label_server", "--studies", str(root / "siim"), "--weights", str(weights),
+         "--override", str(OVERRIDE), "--workdir", str(workdir), "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = Client(port)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            client.request("GET", "/info/", timeout=5)
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                log.flush()
+                pytest.fail(f"MONAI Label did not start:\n{(root / 'server.log').read_text()[-6000:]}")
+            time.sleep(2)
+    state = {"client": client, "process": process, "root": root, "workdir": workdir, "truth": truth, "log": root / "server.log", "before": before}
+    yield state
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def _nifti_mask(payload: bytes, tmp_path: Path) -> np.ndarray:
+    path = tmp_path / f"{uuid.uuid4().hex}.nii.gz"
+    path.write_bytes(payload)
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def test_info_reports_a_2d_pneumothorax_model(server):
+    info = server["client"].json("GET", "/info/")
+    model = info["models"][MODEL]
+    assert model["dimension"] == 2
+    assert model["labels"] == {"pneumothorax": 1}
+    assert "random" in info["strategies"]
+
+
+def test_datastore_serves_every_dicom_by_sop_instance_uid_without_touching_the_source(server):
+    datastore = server["client"].json("GET", "/datastore/?output=all")
+    assert sorted(datastore["objects"]) == sorted(safe_name(uid) for uid in server["truth"])
+    after = sorted(str(p.relative_to(server["root"])) for p in (server["root"] / "siim").rglob("*"))
+    assert after == server["before"]
+
+
+def test_inference_by_image_id_gives_an_aligned_2d_uint8_label(server, tmp_path):
+    uid, truth = next(iter(server["truth"].items()))
+    status, payload = server["client"].request("POST", f"/infer/{MODEL}?image={uid}&output=image", fields={"params": "{}"})
+    assert status == 200
+    label = _nifti_mask(payload, tmp_path)
+    assert label.dtype == np.uint8 and label.shape == (220, 300)  # NIfTI x = columns, y = rows, as ITK writes 2-D
+    np.testing.assert_array_equal(label.T.astype(bool), truth)
+
+
+def test_inference_on_an_uploaded_file(server, tmp_path):
+    uid, truth = list(server["truth"].items())[1]
+    [dicom] = (server["root"] / "siim").rglob(f"{uid}.dcm")
+    status, payload = server["client"].request(
+        "POST", f"/infer/{MODEL}?output=image", fields={"params": "{}"}, files={"file": dicom}
+    )
+    assert status == 200
+    np.testing.assert_array_equal(_nifti_mask(payload, tmp_path).T.astype(bool), truth)
+
+
+def test_saved_labels_train_the_model_and_the_next_inference_reloads_it(server, tmp_path):
+    client = server["client"]
+    for uid, truth in list(server["truth"].items())[:3]:
+        label = tmp_path / f"{uid}.nii.gz"
+        nib.save(nib.Nifti1Image(truth.T.astype(np.uint8), np.eye(4)), label)
+        client.json("PUT", f"/datastore/label?image={uid}&tag=final", fields={"params": "{}"}, files={"label": label})
+    labelled = client.json("GET", "/datastore/?output=all")["objects"]
+    assert sum("final" in obj.get("labels", {}) for obj in labelled.values()) == 3
+    model = server["workdir"] / "bundle" / "models" / "model.pt"
+    before = (model.stat().st_mtime_ns, model.read_bytes())
+    params = {"max_epochs": 1, "val_split": 0.34, "device": "cpu"}
+    status, body = client.request("POST", f"/train/{MODEL}?run_sync=true", body=params, timeout=900)
+    assert status == 200, body[:2000]
+    assert model.stat().st_mtime_ns != before[0] and model.read_bytes() != before[1], "training wrote no new weights"
+    assert torch.load(model, weights_only=True).keys() == BrightnessNet().state_dict().keys()
+    uid, truth = list(server["truth"].items())[3]
+    status, payload = client.request("POST", f"/infer/{MODEL}?image={uid}&output=image", fields={"params": "{}"})
+    assert status == 200
+    np.testing.assert_array_equal(_nifti_mask(payload, tmp_path).T.astype(bool), truth)
+    assert "Reload model from cache" in server["log"].read_text(), "the server did not reload the new weights"
+
+
+def test_server_stops_cleanly_on_ctrl_c(server):
+    process = server["process"]
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground server
+    assert process.wait(timeout=60) == 0
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        server["client"].request("GET", "/info/", timeout=5)
