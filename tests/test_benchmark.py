@@ -1,0 +1,35 @@
+"""The benchmark command runs end to end at smoke size and reports every figure issue 6 asks for."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, bundle_env
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "scripts.benchmark", "--smoke", "--out", str(tmp_path)],
+        cwd=REPO, env=bundle_env(), capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-4000:]
+    figures = json.loads((tmp_path / "benchmark.json").read_text())
+    training = figures["training"]
+    for key in ("ceiling", "plain_fp16", "pipeline"):
+        assert training[key]["images_per_s"] > 0
+    assert training["pipeline_vs_ceiling"] == pytest.approx(
+        training["pipeline"]["images_per_s"] / training["ceiling"]["images_per_s"], rel=0.01
+    )
+    assert training["pipeline"]["data_wait_ms_per_step"] >= 0 and training["pipeline"]["steps_timed"] == 3
+    for key in ("no_tta", "tta"):
+        inference = figures["inference"][key]
+        assert inference["model_only"]["images_per_s"] > 0 and inference["pipeline"]["images"] == 3
+        assert inference["pipeline_vs_model"] > 0
+    assert set(figures["data_pipeline_per_core"]) == {"decode", "normalise + label", "augment (crop first)"}
+    assert figures["rle"]["encode_ms"] > 0 and figures["rle"]["loop_encode_ms"] > 0
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "training, bundle pipeline from DICOM" in table and "inference tta, inference.json over DICOMs" in table
+    assert table.splitlines()[0] in result.stdout
