@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 EMPTY = "-1"
+_SLICE_FILL_MAX_RUNS = 4096
 
 __all__ = ["EMPTY", "encode", "decode", "parse_runs"]
 
@@ -99,13 +100,19 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     ends = starts + lengths
     if ends.size and ends[-1] > size:
         raise ValueError(f"RLE run ends at pixel {int(ends[-1])}, past the end of a {rows}x{cols} image ({size} pixels)")
-    # +1 at each run start, -1 at each end; the running sum is 1 inside a run. Gaps are >= 0, so runs never
-    # overlap and each index array is free of repeats (a start may equal the previous end: that nets to 0).
-    steps = np.zeros(size + 1, dtype=np.int8)
-    steps[starts] += 1
-    steps[ends] -= 1
-    flat = np.cumsum(steps[:-1], dtype=np.int8).astype(bool)
-    return np.ascontiguousarray(flat.reshape((rows, cols), order="F"))
+    flat = np.zeros(size, dtype=bool)
+    if starts.size <= _SLICE_FILL_MAX_RUNS:  # typical masks: a few hundred runs, one slice assignment each
+        for start, end in zip(starts.tolist(), ends.tolist()):
+            flat[start:end] = True
+    else:  # pathological masks (thousands of runs): +1 at each start, -1 at each end, running sum
+        # Gaps are >= 0, so runs never overlap and each index array is free of repeats.
+        steps = np.zeros(size + 1, dtype=np.int8)
+        steps[starts] += 1
+        steps[ends] -= 1
+        flat = np.cumsum(steps[:-1], dtype=np.int8).astype(bool)
+    # The runs walk the image column by column: a (cols, rows) C-order array, returned transposed as a
+    # (rows, cols) view (Fortran-ordered; no copy, and its transpose, MONAI's layout, is C-contiguous).
+    return flat.reshape((cols, rows)).T
 
 
 def _foreground(mask: np.ndarray) -> np.ndarray:

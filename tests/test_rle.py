@@ -156,3 +156,18 @@ def test_decode_agrees_with_official_decoder(mask):
 def test_encoded_runs_never_touch(mask):
     starts, lengths = parse_runs(encode(mask))
     assert (starts[1:] > starts[:-1] + lengths[:-1]).all()
+
+
+def test_masks_with_many_runs_decode_like_few_runs():
+    """Both decoding strategies (slice fill, running sum above 4096 runs) give the same masks."""
+    rng = np.random.default_rng(0)
+    speckle = rng.random((300, 257)) < 0.3  # ~20,000 runs
+    blob = np.zeros((300, 257), bool)
+    blob[40:90, 10:200] = True  # 190 runs
+    for mask in (speckle, blob):
+        encoded = encode(mask)
+        assert (len(encoded.split()) // 2 > 4096) == (mask is speckle)
+        decoded = decode(encoded, mask.shape)
+        assert decoded.shape == mask.shape and decoded.dtype == bool
+        np.testing.assert_array_equal(decoded, mask)
+        np.testing.assert_array_equal(decode(" " + encoded + " ", mask.shape), mask)
