@@ -65,3 +65,12 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(small_model):
         expected = network(x).numpy()
     assert onnx_out.shape == expected.shape
     np.testing.assert_allclose(onnx_out, expected, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.slow
+def test_model_zoo_verify_net_in_out_passes():
+    """The Model Zoo CI check: network_def takes metadata's inputs.image and gives its outputs.pred."""
+    result = run_bundle(
+        ["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
+    )
+    assert "verified with no error" in result.stdout + result.stderr
