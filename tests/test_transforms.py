@@ -224,3 +224,22 @@ def test_label_file_of_another_shape_is_refused_with_the_image_name(tmp_path):
     with pytest.raises(RuntimeError) as raised:
         pipeline({"image": str(path), "label": str(tmp_path / "wrong.nii.gz")})
     assert "case.dcm" in str(raised.value.__cause__) and "wrong.nii.gz" in str(raised.value.__cause__)
+
+
+def test_compact_cache_form_is_uint8_and_comes_back_within_half_a_grey_level(tmp_path):
+    from scripts.transforms import ImageToUint8d, Uint8ToFloatd, radiograph_loading
+
+    pixels, _ = asymmetric_case(rows=300, cols=220)
+    pixels = (pixels.astype(np.uint16) * 7 + np.arange(220, dtype=np.uint16)[None, :]).astype(np.uint16)  # 11 bits
+    path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None, bits_stored=12)
+    full = Compose(radiograph_loading("image"))({"image": str(path)})["image"]
+    compact = Compose(radiograph_loading("image", compact=True))({"image": str(path)})["image"]
+    assert compact.dtype == torch.uint8 and compact.shape == full.shape
+    assert compact.meta["filename_or_obj"] == full.meta["filename_or_obj"]
+    back = Uint8ToFloatd("image")({"image": compact})["image"]
+    assert back.dtype == torch.float32
+    assert float((back - full).abs().max()) <= 0.5 / 255 + 1e-6
+    untouched = Uint8ToFloatd("image")({"image": full})["image"]
+    assert untouched is full
+    as_numpy = ImageToUint8d("image")({"image": full.numpy()})["image"]
+    np.testing.assert_array_equal(as_numpy, compact.numpy())
