@@ -151,6 +151,18 @@ def test_inference_by_image_id_gives_an_aligned_2d_uint8_label(server, tmp_path)
     np.testing.assert_array_equal(label.T.astype(bool), truth)
 
 
+def test_inference_as_png_on_request(server, tmp_path):
+    from PIL import Image
+
+    uid, truth = list(server["truth"].items())[2]
+    params = json.dumps({"result_extension": ".png"})
+    status, payload = server["client"].request("POST", f"/infer/{MODEL}?image={uid}&output=image", fields={"params": params})
+    assert status == 200
+    png = np.asarray(Image.open(io.BytesIO(payload)))
+    assert png.shape == truth.shape  # a PNG is rows x columns, like the DICOM
+    np.testing.assert_array_equal(png > 0, truth)
+
+
 def test_inference_on_an_uploaded_file(server, tmp_path):
     uid, truth = list(server["truth"].items())[1]
     [dicom] = (server["root"] / "siim").rglob(f"{uid}.dcm")
