@@ -236,7 +236,8 @@ def data_pipeline_per_core(args, overrides: dict, data_dir: Path) -> dict:
 
     torch.set_num_threads(1)
     items = load_fold(str(data_dir), fold=0)["training"][: args.pipeline_images]
-    load, normalize = radiograph_loading("image")[:2], radiograph_loading("image")[2:]
+    loading = radiograph_loading("image")
+    load, normalize = loading[:2], loading[2:]
     label = [LabelToMaskd("label", ref_key="image")]
     parser = _parser("train.json", overrides)
     augment = Compose(parser.get_parsed_content("train#random_transforms"))

@@ -25,7 +25,6 @@ import numpy as np
 import pydicom
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import convert_to_numpy
 
 from scripts import rle
 from scripts.atomic import atomic_open
@@ -33,6 +32,7 @@ from scripts.dicom_folder import DicomScan, safe_name, scan_dicom_inputs
 from scripts.flags import as_flag
 from scripts.inference import ERROR_KEY, PATH_KEY, error_reason
 from scripts.siim_csv import write_rle_csv
+from scripts.transforms import to_image_orientation
 
 __all__ = ["InferenceWriter"]
 
@@ -76,7 +76,6 @@ class InferenceWriter:
         self.errors: list[tuple[str, str]] = []
         self.failed_inputs = 0
         self.seen: dict[str, str] = {}
-        self.positives = 0
         self.seconds: list[float] = []
         self._started = self._iteration_started = time.perf_counter()
 
@@ -120,7 +119,7 @@ class InferenceWriter:
         if image_id in self.seen:
             raise ValueError(f"SOPInstanceUID {image_id} already came from {self.seen[image_id]}; not written twice")
         # MONAI-loaded arrays are (cols, rows); outputs are in image orientation (rows, cols)
-        mask = _to_image_orientation(item[self.pred_key]) > 0.5
+        mask = to_image_orientation(item[self.pred_key]) > 0.5
         rows, cols = int(meta.get("Rows", mask.shape[0])), int(meta.get("Columns", mask.shape[1]))
         if mask.shape != (rows, cols):
             raise ValueError(f"prediction shape {mask.shape} differs from the DICOM's (Rows, Columns) {(rows, cols)}")
@@ -128,7 +127,6 @@ class InferenceWriter:
         if self.masks:
             _save_png(self.output_dir / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
         self.seen[image_id] = path
-        self.positives += bool(mask.any())
         self.rows.append((image_id, rle.encode(mask)))
         if self.seg and mask.any():
             self._try(path, "DICOM SEG", self._write_seg, path, name, mask)
@@ -159,11 +157,12 @@ class InferenceWriter:
             writer.writerows(self.errors)
         elapsed = time.perf_counter() - self._started
         processed = len(self.rows)
+        positives = sum(encoded != rle.EMPTY for _, encoded in self.rows)
         summary = {
             "dicom_files": processed + self.failed_inputs,
             "processed": processed,
-            "positive": self.positives,
-            "empty": processed - self.positives,
+            "positive": positives,
+            "empty": processed - positives,
             "failed": self.failed_inputs,
             "errors": len(self.errors),
             "skipped_non_dicom": len(self.scan.skipped) if self.scan is not None else None,
@@ -184,7 +183,7 @@ class InferenceWriter:
         logger.info(
             "%d images: %d positive, %d errors, %s non-DICOM files skipped; results in %s",
             processed,
-            self.positives,
+            positives,
             len(self.errors),
             summary["skipped_non_dicom"],
             self.output_dir,
@@ -192,20 +191,10 @@ class InferenceWriter:
         return summary
 
 
-def _to_image_orientation(array: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``(1, cols, rows)`` or ``(cols, rows)`` MONAI array -> ``(rows, cols)`` numpy array."""
-    array = convert_to_numpy(array)
-    if array.ndim == 3:
-        if array.shape[0] != 1:
-            raise ValueError(f"expected one channel, got shape {array.shape}")
-        array = array[0]
-    return np.ascontiguousarray(array.T)
-
-
 def _save_overlay(path: Path, image: torch.Tensor | np.ndarray, mask: np.ndarray) -> None:
     from scripts.overlay import save_overlay
 
-    save_overlay(path, _to_image_orientation(image), mask)
+    save_overlay(path, to_image_orientation(image), mask)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

@@ -34,6 +34,7 @@ from scripts.dicom_io import RadiographReader
 LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
 
 __all__ = [
+    "to_image_orientation",
     "ImageToUint8d",
     "Uint8ToFloatd",
     "LabelToMaskd",
@@ -144,6 +145,20 @@ class LabelToMaskd(RLEToMaskd):
         return (array > 0).astype(self.converter.dtype)[None]
 
 
+def to_image_orientation(array: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A MONAI-oriented ``(cols, rows)`` or ``(1, cols, rows)`` array as a ``(rows, cols)`` numpy view.
+
+    Raises:
+        ValueError: any other shape (several channels, 3-D), naming it.
+    """
+    array = convert_to_numpy(array)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise ValueError(f"expected a (cols, rows) or (1, cols, rows) array, got shape {array.shape}")
+    return array.T
+
+
 class MaskToRLE(Transform):
     """Encode a MONAI-oriented mask (``(cols, rows)``, optionally with one leading channel) as an SIIM RLE string.
 
@@ -157,12 +172,7 @@ class MaskToRLE(Transform):
         self.threshold = threshold
 
     def __call__(self, mask: np.ndarray | torch.Tensor) -> str:
-        array = convert_to_numpy(mask)
-        if array.ndim == 3 and array.shape[0] == 1:
-            array = array[0]
-        if array.ndim != 2:
-            raise ValueError(f"MaskToRLE expects a (cols, rows) or (1, cols, rows) mask, got shape {array.shape}")
-        return rle.encode(array.T > self.threshold)
+        return rle.encode(to_image_orientation(mask) > self.threshold)
 
 
 class MaskToRLEd(MapTransform):
