@@ -21,7 +21,7 @@ from scripts.atomic import atomic_open
 __all__ = ["SEGMENT_LABEL", "read_segmentation_mask", "write_segmentation"]
 
 SEGMENT_LABEL = "pneumothorax"
-_SERIES_NUMBER = 9901
+_SERIES_NUMBER = 9901  # a number unlikely to clash with the acquisition's own series
 # Type 2 attributes of the patient and study modules that highdicom copies from the source image
 _TYPE2_KEYWORDS = (
     "PatientName",
@@ -33,7 +33,7 @@ _TYPE2_KEYWORDS = (
     "ReferringPhysicianName",
     "StudyID",
     "AccessionNumber",
-)  # a number unlikely to clash with the acquisition's own series
+)
 
 
 def write_segmentation(
