@@ -298,3 +298,25 @@ def test_inference_builds_the_network_that_training_saves():
     demo, demo_infer = (json.loads((REPO / "configs" / n).read_text()) for n in ("demo.json", "demo_inference.json"))
     assert demo_infer["network_def#channels"] == demo["network_def#channels"]
     assert demo_infer["roi_size"] == demo["crop_size"]
+
+
+def test_a_second_file_with_the_same_sop_instance_uid_is_an_error_not_a_second_row(tmp_path):
+    from types import SimpleNamespace
+
+    from monai.data import MetaTensor
+
+    from scripts.inference_writer import InferenceWriter
+
+    writer = InferenceWriter(tmp_path, seg=False)
+
+    def item(path):
+        meta = {"filename_or_obj": path, "SOPInstanceUID": "1.2.3", "Rows": 4, "Columns": 6}
+        return {"image": MetaTensor(torch.zeros(1, 6, 4), meta=meta), "pred": torch.zeros(1, 6, 4)}
+
+    writer(SimpleNamespace(state=SimpleNamespace(output=[item("a.dcm")])))
+    writer(SimpleNamespace(state=SimpleNamespace(output=[item("b.dcm")])))
+    summary = writer.finish()
+    assert summary["processed"] == 1 and summary["failed"] == 1
+    assert (tmp_path / "submission.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "1.2.3,-1"]
+    errors = (tmp_path / "errors.csv").read_text()
+    assert "b.dcm" in errors and "already came from a.dcm" in errors
