@@ -12,7 +12,8 @@ Writes ``benchmark.json`` and ``benchmark.md`` (a table) to ``--out`` and prints
   (contiguous, no compile) as the reference the defaults are compared with;
 * inference: model-only sliding-window images/s on full-size images against ``configs/inference.json`` over a
   folder of JPEG-Baseline DICOMs (every output written), with and without flip TTA;
-* the data pipeline alone, per CPU core: decode, label, augmentation;
+* the data pipeline alone, per CPU core: decode, label, the loader's crop and parameter draw, the textbook MONAI
+  CPU augmentation chain for comparison, and the on-device augmentation per image;
 * RLE: ms per mask for ``scripts.rle`` encode/decode against a per-pixel loop.
 
 Data comes from ``scripts.synthetic`` (generated into ``--out/data`` unless ``--data`` names a SIIM folder).
@@ -227,8 +228,40 @@ def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: P
 
 
 # ------------------------------------------------------------------------------------------------ data pipeline
+def reference_cpu_augmentation(crop: int) -> list:
+    """The textbook MONAI chain the bundle's split augmentation replaced, all on the CPU (for comparison only)."""
+    from monai.transforms import (
+        RandAdjustContrastd,
+        RandAffined,
+        RandCropByPosNegLabeld,
+        RandFlipd,
+        RandGaussianNoised,
+        RandGridDistortiond,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+        SpatialPadd,
+    )
+
+    from scripts.transforms import Uint8ToFloatd
+
+    both, size = ["image", "label"], [crop, crop]
+    return [
+        RandCropByPosNegLabeld(both, "label", size, pos=2, neg=1, num_samples=1, allow_smaller=True),
+        SpatialPadd(both, size),
+        Uint8ToFloatd("image"),
+        RandFlipd(both, prob=0.5, spatial_axis=0),
+        RandAffined(both, prob=0.5, rotate_range=0.17, scale_range=[0.1, 0.1], translate_range=[16, 16], mode=["bilinear", "nearest"]),
+        RandGridDistortiond(both, prob=0.2, num_cells=5, distort_limit=(-0.1, 0.1), mode=["bilinear", "nearest"]),
+        RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+        RandScaleIntensityd("image", prob=0.3, factors=0.15),
+        RandShiftIntensityd("image", prob=0.3, offsets=0.08),
+        RandGaussianNoised("image", prob=0.2, std=0.02),
+    ]
+
+
 def data_pipeline_per_core(args, overrides: dict, data_dir: Path) -> dict:
-    """Images/s on one core for each stage of the training preprocessing."""
+    """Images/s on one core for each stage of the training preprocessing, and of the on-device augmentation."""
+    from monai.data import list_data_collate
     from monai.transforms import Compose
 
     from scripts.datalist import load_fold
@@ -236,19 +269,34 @@ def data_pipeline_per_core(args, overrides: dict, data_dir: Path) -> dict:
 
     torch.set_num_threads(1)
     items = load_fold(str(data_dir), fold=0)["training"][: args.pipeline_images]
-    loading = radiograph_loading("image")
+    parser = _parser("train.json", overrides)
+    loading = radiograph_loading("image", compact=True)
     load, normalize = loading[:2], loading[2:]
     label = [LabelToMaskd("label", ref_key="image")]
-    parser = _parser("train.json", overrides)
-    augment = Compose(parser.get_parsed_content("train#random_transforms"))
-    results = {}
-    stages = (("decode", Compose(load)), ("normalise + label", Compose(normalize + label)), ("augment (crop first)", augment))
-    current = [dict(item) for item in items]
-    for name, stage in stages:
+    loader_part = Compose(parser.get_parsed_content("train#random_transforms"))
+    reference = Compose(reference_cpu_augmentation(args.crop))
+
+    def timed(stage, inputs):
         start = time.perf_counter()
-        current = [stage(item) for item in current]
-        current = [c[0] if isinstance(c, list) else c for c in current]
-        results[name] = round(len(items) / (time.perf_counter() - start), 1)
+        outputs = [stage(item) for item in inputs]
+        speed = round(len(inputs) / (time.perf_counter() - start), 1)
+        return [out[0] if isinstance(out, list) else out for out in outputs], speed
+
+    results = {}
+    decoded, results["decode"] = timed(Compose(load), [dict(item) for item in items])
+    cached, results["normalise + label (cached once)"] = timed(Compose(normalize + label), decoded)
+    crops, results["crop + draw parameters (loader)"] = timed(loader_part, cached)
+    _, results["MONAI chain on the CPU (reference)"] = timed(reference, cached)
+    device = parser.get_parsed_content("device")
+    prepare = parser.get_parsed_content("train#prepare_batch")
+    batch = list_data_collate(crops[: args.batch])
+    prepare(batch, device, True)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(3):
+        prepare(batch, device, True)
+    _sync(device)
+    results[f"augment on {device.type} (per image, batched)"] = round(3 * len(crops[: args.batch]) / (time.perf_counter() - start), 1)
     torch.set_num_threads(os.cpu_count() or 1)
     return results
 
@@ -339,7 +387,7 @@ def _table(results: dict) -> str:
     rle_ = results["rle"]
     lines += [
         "",
-        f"Data pipeline, images/s on one core: {data}.",
+        f"Data pipeline, images/s (CPU stages on one core): {data}.",
         f"RLE ({rle_['mask']}): encode {rle_['encode_ms']} ms, decode {rle_['decode_ms']} ms; per-pixel loop "
         f"{rle_['loop_encode_ms']} ms / {rle_['loop_decode_ms']} ms.",
     ]

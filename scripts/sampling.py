@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
-__all__ = ["PositiveShareSampler", "positive_share"]
+__all__ = ["PositiveShareSampler", "SeededDataset", "positive_share"]
 
 
 def positive_share(epoch: int, start: float, end: float, epochs: int) -> float:
@@ -40,6 +41,9 @@ class PositiveShareSampler(DistributedSampler):
         num_samples: images per epoch over all ranks (default: the data set's size).
         num_replicas, rank: as ``DistributedSampler``; default: the process group's, or 1 and 0 without one.
         seed: base seed.
+        keyed: yield ``(sample_seed, index)`` pairs instead of indices, for :class:`SeededDataset`: each draw of an
+            image gets its own seed for its random transforms, fixed by ``seed``, the epoch and its position in
+            the epoch.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class PositiveShareSampler(DistributedSampler):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        keyed: bool = False,
     ) -> None:
         distributed = dist.is_available() and dist.is_initialized()
         num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
@@ -70,6 +75,7 @@ class PositiveShareSampler(DistributedSampler):
         self.total_size = num_samples if num_samples is not None else len(flags)
         self.num_samples = math.ceil(self.total_size / self.num_replicas)
         self.epoch = 1
+        self.keyed = keyed
 
     def share(self) -> float:
         """The positive share of the current epoch."""
@@ -90,8 +96,15 @@ class PositiveShareSampler(DistributedSampler):
         padding = self.num_samples * self.num_replicas - len(indices)
         return indices + indices[:padding]
 
+    def sample_seeds(self) -> list[int]:
+        """One seed per position of this epoch's draw over all ranks (a separate stream: the draw is unchanged)."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return rng.integers(0, 2**32, size=self.num_samples * self.num_replicas, dtype=np.uint64).tolist()
+
     def __iter__(self):
-        return iter(self.epoch_indices()[self.rank :: self.num_replicas])
+        indices = self.epoch_indices()
+        keys = list(zip(self.sample_seeds(), indices)) if self.keyed else indices
+        return iter(keys[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
         return self.num_samples
@@ -107,3 +120,30 @@ def _draw(pool: list[int], count: int, generator: torch.Generator) -> list[int]:
     while len(out) < count:
         out += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
     return out[:count]
+
+
+class SeededDataset(Dataset):
+    """Reseed the random transforms of ``dataset`` for each item from the key it is asked for.
+
+    Asked for ``(sample_seed, index)`` (what ``PositiveShareSampler(keyed=True)`` yields), it calls
+    ``dataset.transform.set_random_state(sample_seed)`` and returns ``dataset[index]``; a plain index passes
+    through unchanged. Each draw of an image is then augmented the same way whichever loader worker makes it, so
+    training batches depend only on the seed: not on the number of workers, nor on whether workers persist
+    between epochs, nor on a resume. Each worker process has its own copy of the transforms; do not share one
+    instance between threads.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not hasattr(getattr(dataset, "transform", None), "set_random_state"):
+            raise TypeError(f"SeededDataset: {type(dataset).__name__} has no randomizable ``transform`` to seed")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, tuple):
+            sample_seed, index = key
+            self.dataset.transform.set_random_state(seed=int(sample_seed))
+            return self.dataset[index]
+        return self.dataset[key]

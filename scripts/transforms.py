@@ -71,7 +71,7 @@ class RLEToMask(Transform):
         mask = np.zeros((rows, cols), dtype=bool)
         for annotation in annotations:
             mask |= rle.decode(annotation, (rows, cols))
-        return mask.T[None].astype(self.dtype)
+        return mask.T[None].astype(self.dtype, order="C")  # C order: later crops and scans read it row by row
 
 
 class RLEToMaskd(MapTransform):
@@ -142,7 +142,7 @@ class LabelToMaskd(RLEToMaskd):
         array = np.squeeze(convert_to_numpy(self.loader(value)))
         if array.shape != tuple(spatial_shape):
             raise ValueError(f"label file {value} has shape {array.shape}, the image {tuple(spatial_shape)}")
-        return (array > 0).astype(self.converter.dtype)[None]
+        return (array > 0).astype(self.converter.dtype, order="C")[None]
 
 
 def to_image_orientation(array: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -117,9 +117,11 @@ def checkpoint_epoch(path):
 @pytest.mark.slow
 def test_training_killed_mid_run_resumes_to_the_same_result(tiny_siim, tmp_path):
     epochs = {"max_epochs": 4}
-    # Reference: an uninterrupted run.
-    run_bundle(train_args(tiny_siim, tmp_path / "whole", **epochs))
-    # The same run, killed with SIGKILL once the first epoch's checkpoint is on disk.
+    # Reference: an uninterrupted run, loading in the main process.
+    run_bundle(train_args(tiny_siim, tmp_path / "whole", num_workers=0, **epochs))
+    # The same run with two persistent loader workers, killed with SIGKILL once the first epoch's checkpoint is on
+    # disk, then resumed: the same weights, since augmentation is seeded per image and epoch, not per worker.
+    epochs["num_workers"] = 2
     out = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "monai.bundle", *train_args(tiny_siim, out, **epochs)],
@@ -143,6 +145,30 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tiny_siim, tmp_path)
     assert resumed["trainer"] == whole["trainer"]
     for name, tensor in whole["network"].items():
         torch.testing.assert_close(resumed["network"][name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def training_batches(data, epochs, **overrides):
+    parser = ConfigParser()
+    parser.read_config([str(REPO / TRAIN), TINY])
+    parser.update({"bundle_root": str(REPO), "dataset_dir": str(data), **overrides})
+    loader, prepare = parser.get_parsed_content("train#dataloader"), parser.get_parsed_content("train#prepare_batch")
+    batches = []
+    for epoch in range(1, epochs + 1):
+        loader.sampler.set_epoch(epoch)
+        batches += [prepare(batch, "cpu") for batch in loader]
+    return batches
+
+
+def test_training_batches_depend_on_the_seed_not_on_the_loader_workers(tiny_siim):
+    main_process = training_batches(tiny_siim, 2, num_workers=0)
+    persistent_workers = training_batches(tiny_siim, 2, num_workers=2)
+    assert len(main_process) == len(persistent_workers) == 8  # 16 images per epoch, batches of 4
+    for (image_a, label_a), (image_b, label_b) in zip(main_process, persistent_workers):
+        assert torch.equal(image_a, image_b) and torch.equal(label_a, label_b)
+    other_seed = training_batches(tiny_siim, 1, num_workers=0, seed=1)
+    assert not torch.equal(other_seed[0][0], main_process[0][0])
+    assert main_process[0][0].shape == (4, 1, 64, 64) and main_process[0][0].dtype == torch.float32
+    assert any(label.sum() > 0 for _, label in main_process)
 
 
 @pytest.mark.slow

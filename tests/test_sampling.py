@@ -3,7 +3,7 @@
 import pytest
 from torch.utils.data import DistributedSampler
 
-from scripts.sampling import PositiveShareSampler, positive_share
+from scripts.sampling import PositiveShareSampler, SeededDataset, positive_share
 
 DATA = [{"positive": i < 20} for i in range(100)]  # 20% positive
 
@@ -67,3 +67,34 @@ def test_bad_settings_are_refused():
         PositiveShareSampler(DATA, start_share=1.2)
     with pytest.raises(ValueError, match="no positive"):
         PositiveShareSampler([{"positive": False}] * 3)
+
+
+def test_keyed_draws_pair_the_same_indices_with_seeds_fixed_by_seed_epoch_and_position():
+    plain, keyed = PositiveShareSampler(DATA, seed=1), PositiveShareSampler(DATA, seed=1, keyed=True)
+    pairs = draw(keyed, 2)
+    assert [index for _, index in pairs] == draw(plain, 2)
+    assert pairs == draw(PositiveShareSampler(DATA, seed=1, keyed=True), 2)
+    seeds = [seed for seed, _ in pairs]
+    assert len(set(seeds)) == len(seeds)  # an image drawn twice in an epoch is augmented twice, differently
+    assert set(seeds).isdisjoint(seed for seed, _ in draw(keyed, 3))
+
+
+def test_ranks_get_disjoint_keys():
+    ranks = [PositiveShareSampler(DATA, num_replicas=2, rank=r, keyed=True) for r in (0, 1)]
+    a, b = draw(ranks[0], 1), draw(ranks[1], 1)
+    assert set(a).isdisjoint(b) and len(a) == len(b) == 50
+
+
+def test_seeded_dataset_reseeds_the_transforms_from_the_key():
+    from monai.data import Dataset
+    from monai.transforms import Lambda, RandLambda
+
+    class Draw(RandLambda):
+        def __call__(self, data):
+            return float(self.R.rand())
+
+    dataset = SeededDataset(Dataset(list(range(4)), transform=[Lambda(lambda x: x), Draw(func=None)]))
+    assert dataset[(5, 1)] == dataset[(5, 1)] != dataset[(6, 1)]
+    assert len(dataset) == 4 and isinstance(dataset[2], float)
+    with pytest.raises(TypeError, match="no randomizable"):
+        SeededDataset(list(range(3)))
