@@ -10,6 +10,12 @@ Once the run completes: ``submission.csv`` (``ImageId,EncodedPixels``, one row p
 exactly the competition's submission format), ``errors.csv`` (file, reason) and ``summary.json`` (counts,
 positives, time per image, the thresholds and checkpoints used). Every file is written atomically; an error on one
 image is recorded and the next image goes on.
+
+Writing one 1024 x 1024 image's files costs tens of milliseconds of CPU (PNG compression, RLE, and for a positive
+image a DICOM SEG built by highdicom; ``scripts.benchmark`` measures it), several times what a GPU spends on the
+image's sliding window. So the engine's thread only thresholds the prediction and packs it into bits, and
+``workers`` processes (forked when the run starts) write the files while the GPU goes on with the next images.
+``workers=0`` writes in the engine's thread.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import multiprocessing
 import os
 import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pydicom
-import torch
 from ignite.engine import Engine, Events
 
 from scripts import rle
@@ -49,6 +57,7 @@ class InferenceWriter:
         masks, seg, overlays: which per-image outputs to write.
         pred_key, image_key: engine output keys of the thresholded prediction and of the loaded image.
         info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...).
+        workers: processes that write the per-image files in parallel with inference (0: the engine's thread).
     """
 
     def __init__(
@@ -61,6 +70,7 @@ class InferenceWriter:
         pred_key: str = "pred",
         image_key: str = "image",
         info: dict | None = None,
+        workers: int = 0,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.scan = scan if isinstance(scan, DicomScan) or scan is None else scan_dicom_inputs(scan)
@@ -69,9 +79,15 @@ class InferenceWriter:
         self.overlays = as_flag(overlays, "write_overlays")
         self.pred_key, self.image_key = pred_key, image_key
         self.info = dict(info or {})
+        if int(workers) < 0:
+            raise ValueError(f"InferenceWriter: workers must be >= 0, got {workers}")
+        self.workers = int(workers)
+        self._pool: ProcessPoolExecutor | None = None
         self._reset()
 
     def _reset(self) -> None:
+        self._close_pool()
+        self._pending: deque[tuple[str, str, Future | tuple]] = deque()  # (image id, path, result), input order
         self.rows: list[tuple[str, str]] = []
         self.errors: list[tuple[str, str]] = []
         self.failed_inputs = 0
@@ -80,10 +96,26 @@ class InferenceWriter:
         self._started = self._iteration_started = time.perf_counter()
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: self._reset())
+        engine.add_event_handler(Events.STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_STARTED, self._start_iteration)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, lambda _: self.finish())
+        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda *_: self._close_pool(cancel=True))
+
+    def _start(self, _: Engine) -> None:
+        self._reset()
+        self._open_pool()  # before the data loader starts its workers and pinning thread
+
+    def _open_pool(self) -> None:
+        if self.workers and self._pool is None:
+            methods = multiprocessing.get_all_start_methods()
+            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+
+    def _close_pool(self, cancel: bool = False) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
 
     def _start_iteration(self, _: Engine) -> None:
         self._iteration_started = time.perf_counter()
@@ -107,7 +139,7 @@ class InferenceWriter:
         self.seconds.append(time.perf_counter() - self._iteration_started)
 
     def write_item(self, item: dict) -> None:
-        """Write one image's outputs and remember its submission row.
+        """Check one image's prediction and hand its files to the writers; its row is kept in input order.
 
         A failure before the mask PNG is written loses the image (an error, no row); a failing SEG or overlay is
         recorded as an error of its own and the image keeps its row and mask.
@@ -119,36 +151,58 @@ class InferenceWriter:
         if image_id in self.seen:
             raise ValueError(f"SOPInstanceUID {image_id} already came from {self.seen[image_id]}; not written twice")
         # MONAI-loaded arrays are (cols, rows); outputs are in image orientation (rows, cols)
-        mask = to_image_orientation(item[self.pred_key]) > 0.5
+        mask = to_image_orientation(item[self.pred_key] > 0.5)
         rows, cols = int(meta.get("Rows", mask.shape[0])), int(meta.get("Columns", mask.shape[1]))
         if mask.shape != (rows, cols):
             raise ValueError(f"prediction shape {mask.shape} differs from the DICOM's (Rows, Columns) {(rows, cols)}")
-        name = safe_name(image_id)
-        if self.masks:
-            _save_png(self.output_dir / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
         self.seen[image_id] = path
-        self.rows.append((image_id, rle.encode(mask)))
-        if self.seg and mask.any():
-            self._try(path, "DICOM SEG", self._write_seg, path, name, mask)
+        overlay = None
         if self.overlays:
-            self._try(path, "overlay", _save_overlay, self.output_dir / "overlays" / f"{name}.png", image, mask)
+            overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
+        job = (
+            str(self.output_dir), safe_name(image_id), path, np.packbits(mask), mask.shape,
+            self.masks, self.seg, overlay,
+        )  # fmt: skip
+        self._open_pool()
+        if self._pool is None:
+            result: Future | tuple = write_image_files(*job)
+        else:
+            result = self._pool.submit(write_image_files, *job)
+            self._wait_for_backlog()
+        self._pending.append((image_id, path, result))
 
-    def _write_seg(self, path: str, name: str, mask: np.ndarray) -> None:
-        from scripts.dicom_seg import write_segmentation
+    def _wait_for_backlog(self) -> None:
+        """Keep at most a few images per writer in flight, so a slow disk cannot fill memory."""
+        in_flight = [r for _, _, r in self._pending if isinstance(r, Future) and not r.done()]
+        for future in in_flight[: max(0, len(in_flight) - 4 * self.workers)]:
+            future.exception()  # waits
 
-        source = pydicom.dcmread(path, stop_before_pixels=True)
-        write_segmentation(self.output_dir / "seg" / f"{name}.dcm", source, mask)
-
-    def _try(self, path: str, what: str, function, *args) -> None:
-        try:
-            function(*args)
-        except Exception as error:
-            reason = f"{what} not written: {error_reason(error)}"
-            logger.warning("%s: %s", path, reason)
-            self.errors.append((path, reason))
+    def _collect(self) -> None:
+        """Rows and errors of every image handed to the writers, in input order."""
+        while self._pending:
+            image_id, path, result = self._pending.popleft()
+            if isinstance(result, Future):
+                try:
+                    result = result.result()
+                except Exception as error:  # the writer's process died
+                    result = (None, error)
+            encoded, problems = result
+            if encoded is None:
+                reason = error_reason(problems)
+                logger.warning("cannot write the results of %s: %s", path, reason)
+                self.errors.append((path, reason))
+                self.failed_inputs += 1
+                continue
+            self.rows.append((image_id, encoded))
+            for reason in problems:
+                logger.warning("%s: %s", path, reason)
+                self.errors.append((path, reason))
 
     def finish(self) -> dict:
-        """Write ``submission.csv``, ``errors.csv`` and ``summary.json``; return the summary."""
+        """Wait for the writers, then write ``submission.csv``, ``errors.csv`` and ``summary.json``; return the
+        summary."""
+        self._collect()
+        self._close_pool()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_rle_csv(self.output_dir / "submission.csv", self.rows, style="stage2")
         with atomic_open(self.output_dir / "errors.csv", "w", newline="", encoding="utf-8") as handle:
@@ -191,10 +245,56 @@ class InferenceWriter:
         return summary
 
 
-def _save_overlay(path: Path, image: torch.Tensor | np.ndarray, mask: np.ndarray) -> None:
+def write_image_files(
+    output_dir: str,
+    name: str,
+    source: str,
+    packed: np.ndarray,
+    shape: tuple[int, int],
+    masks: bool,
+    seg: bool,
+    overlay: np.ndarray | None,
+) -> tuple[str | None, object]:
+    """Write one image's files (in a writer process): the mask PNG, the DICOM SEG of a positive image, the overlay.
+
+    ``packed`` is the mask in image orientation as ``np.packbits`` of its ``shape``; ``overlay`` the uint8 image to
+    outline it on, or None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after
+    the mask (the image keeps its row), or ``(None, error)`` when the mask itself could not be written.
+    """
+    try:
+        mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        if masks:
+            _save_png(Path(output_dir) / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+        encoded = rle.encode(mask)
+    except Exception as error:
+        return None, error
+    problems = []
+    if seg and mask.any():
+        problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)
+    if overlay is not None:
+        problems += _attempt("overlay", _save_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+    return encoded, problems
+
+
+def _attempt(what: str, function, *args) -> list[str]:
+    try:
+        function(*args)
+    except Exception as error:
+        return [f"{what} not written: {error_reason(error)}"]
+    return []
+
+
+def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> None:
+    from scripts.dicom_seg import write_segmentation
+
+    source = pydicom.dcmread(source_path, stop_before_pixels=True)
+    write_segmentation(path, source, mask)
+
+
+def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
     from scripts.overlay import save_overlay
 
-    save_overlay(path, to_image_orientation(image), mask)
+    save_overlay(path, image, mask)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:

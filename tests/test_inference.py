@@ -320,3 +320,72 @@ def test_a_second_file_with_the_same_sop_instance_uid_is_an_error_not_a_second_r
     assert (tmp_path / "submission.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "1.2.3,-1"]
     errors = (tmp_path / "errors.csv").read_text()
     assert "b.dcm" in errors and "already came from a.dcm" in errors
+
+
+def test_writing_in_the_engine_thread_gives_the_same_files_as_the_writer_processes(inference_run, mixed_folder, brightness_weights, tmp_path):
+    summary = json.loads((inference_run["out"] / "summary.json").read_text())
+    _run_inference(mixed_folder["root"], tmp_path, brightness_weights, "--write_overlays", "true", "--write_workers", "0")
+    pooled = inference_run["out"]
+    assert (tmp_path / "submission.csv").read_text() == (pooled / "submission.csv").read_text()
+    assert (tmp_path / "errors.csv").read_text() == (pooled / "errors.csv").read_text()
+    for folder in ("masks", "overlays"):
+        names = sorted(p.name for p in (pooled / folder).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / folder).iterdir()) and names
+        for name in names:
+            assert np.array_equal(np.asarray(Image.open(pooled / folder / name)), np.asarray(Image.open(tmp_path / folder / name)))
+    assert summary["processed"] == json.loads((tmp_path / "summary.json").read_text())["processed"]
+
+
+def _writer_items(tmp_path, n=3):
+    from monai.data import MetaTensor
+
+    _, mask = asymmetric_case()
+    items = []
+    for i in range(n):
+        uid = f"1.2.826.0.1.3680043.8.498.7{i}"
+        path = write_test_dicom(tmp_path / f"source{i}.dcm", mask.astype(np.uint8) * 200, sop_instance_uid=uid, jpeg_quality=None)
+        meta = {"filename_or_obj": str(path), "SOPInstanceUID": uid, "Rows": mask.shape[0], "Columns": mask.shape[1]}
+        pred = torch.from_numpy(mask.T[None].astype(np.float32))
+        items.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred})
+    return items, mask
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_mask(tmp_path, workers):
+    from types import SimpleNamespace
+
+    from scripts.inference_writer import InferenceWriter
+
+    items, mask = _writer_items(tmp_path / "in")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "seg").write_text("a file where the seg folder should be")
+    writer = InferenceWriter(out, workers=workers)
+    writer(SimpleNamespace(state=SimpleNamespace(output=items)))
+    summary = writer.finish()
+    assert summary["processed"] == 3 and summary["failed"] == 0 and summary["errors"] == 3
+    rows = list(csv.reader((out / "submission.csv").read_text().splitlines()[1:]))
+    assert [image_id for image_id, _ in rows] == [item["image"].meta["SOPInstanceUID"] for item in items]  # input order
+    assert all(rle.decode(encoded, mask.shape).tolist() == mask.tolist() for _, encoded in rows)
+    assert len(list((out / "masks").iterdir())) == 3
+    assert (out / "errors.csv").read_text().count("DICOM SEG not written") == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers):
+    from types import SimpleNamespace
+
+    from scripts.inference_writer import InferenceWriter
+
+    items, _ = _writer_items(tmp_path / "in")
+    out = tmp_path / "out"
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / f"{safe_name(items[1]['image'].meta['SOPInstanceUID'])}.png").mkdir()  # a folder in the way
+    writer = InferenceWriter(out, workers=workers)
+    for item in items:
+        writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
+    summary = writer.finish()
+    assert summary["processed"] == 2 and summary["failed"] == 1
+    errors = (out / "errors.csv").read_text()
+    assert "source1.dcm" in errors and "source0.dcm" not in errors
+    assert len(list((out / "seg").iterdir())) == 2
