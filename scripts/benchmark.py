@@ -14,6 +14,7 @@ Writes ``benchmark.json`` and ``benchmark.md`` (a table) to ``--out`` and prints
   folder of JPEG-Baseline DICOMs (every output written), with and without flip TTA;
 * the data pipeline alone, per CPU core: decode, label, the loader's crop and parameter draw, the textbook MONAI
   CPU augmentation chain for comparison, and the on-device augmentation per image;
+* the inference writer: engine-thread ms per image with the files written in that thread and in writer processes;
 * RLE: ms per mask for ``scripts.rle`` encode/decode against a per-pixel loop.
 
 Data comes from ``scripts.synthetic`` (generated into ``--out/data`` unless ``--data`` names a SIIM folder).
@@ -30,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import torch
 
 __all__ = ["main"]
@@ -301,6 +303,40 @@ def data_pipeline_per_core(args, overrides: dict, data_dir: Path) -> dict:
     return results
 
 
+def writer_cost(data_dir: Path, out: Path, n_images: int, workers: int) -> dict:
+    """Milliseconds of the engine's thread per image that inference's writer takes, with every file written in that
+    thread (``workers=0``) and handed to ``workers`` processes; each image positive (mask PNG, RLE, DICOM SEG)."""
+    from monai.data import MetaTensor
+
+    from scripts.dicom_folder import scan_dicom_inputs
+    from scripts.inference_writer import InferenceWriter
+    from scripts.synthetic_anatomy import render_case
+
+    sources = scan_dicom_inputs(data_dir / "dicom-images-test").files[:n_images]
+    items = []
+    for i, source in enumerate(sources):
+        header = pydicom.dcmread(source, stop_before_pixels=True)
+        rows, cols = int(header.Rows), int(header.Columns)
+        _, regions = render_case(np.random.default_rng(i), rows, cols, n_regions=2)
+        mask = torch.from_numpy(np.ascontiguousarray(np.logical_or.reduce(regions).T[None], dtype=np.float32))
+        meta = {"filename_or_obj": str(source), "SOPInstanceUID": str(header.SOPInstanceUID), "Rows": rows, "Columns": cols}
+        items.append({"image": MetaTensor(mask.clone(), meta=meta), "pred": mask})
+    results = {"images": len(items)}
+    for count in (0, workers):
+        writer = InferenceWriter(out / f"writer_{count}", workers=count)
+        writer._open_pool()  # as at the engine's start: not timed
+        start = time.perf_counter()
+        for item in items:
+            writer.write_item(item)
+        handed = time.perf_counter() - start
+        writer.finish()
+        results[f"workers_{count}"] = {
+            "engine_thread_ms_per_image": round(1000 * handed / len(items), 1),
+            "all_written_ms_per_image": round(1000 * (time.perf_counter() - start) / len(items), 1),
+        }
+    return results
+
+
 # ------------------------------------------------------------------------------------------------------------ RLE
 def _loop_encode(mask: np.ndarray) -> str:
     """The straightforward reference: a Python walk over the pixels in column-major order."""
@@ -384,10 +420,15 @@ def _table(results: dict) -> str:
             f"{infer[key]['pipeline_vs_model']:.2f} | all outputs written, {infer[key]['pipeline']['seconds_per_image']} s/image |"
         )
     data = ", ".join(f"{name} {speed}" for name, speed in results["data_pipeline_per_core"].items())
-    rle_ = results["rle"]
+    rle_, writer = results["rle"], results["writer"]
+    pooled = next(key for key in writer if key.startswith("workers_") and key != "workers_0")
     lines += [
         "",
         f"Data pipeline, images/s (CPU stages on one core): {data}.",
+        f"Inference writer, positive images (PNG + RLE + DICOM SEG), engine-thread ms per image: "
+        f"{writer['workers_0']['engine_thread_ms_per_image']} writing in that thread, "
+        f"{writer[pooled]['engine_thread_ms_per_image']} handing to {pooled.split('_')[1]} writer processes "
+        f"(all written: {writer['workers_0']['all_written_ms_per_image']} / {writer[pooled]['all_written_ms_per_image']} ms per image).",
         f"RLE ({rle_['mask']}): encode {rle_['encode_ms']} ms, decode {rle_['decode_ms']} ms; per-pixel loop "
         f"{rle_['loop_encode_ms']} ms / {rle_['loop_decode_ms']} ms.",
     ]
@@ -456,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_vs_model": round(run["images_per_s"] / model_only["images_per_s"], 3),
         }
     results["data_pipeline_per_core"] = data_pipeline_per_core(args, train_overrides, data_dir)
+    results["writer"] = writer_cost(data_dir, out / "work", args.infer_images, _parser("inference.json", {}).get_parsed_content("write_workers"))
     results["rle"] = rle_speed(args.size if args.smoke else 1024)
     (out / "benchmark.json").write_text(json.dumps(results, indent=4))
     table = _table(results)

@@ -111,6 +111,7 @@ class InferenceWriter:
             methods = multiprocessing.get_all_start_methods()
             context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
+            self._pool.submit(int).result()  # starts the processes now, not while the engine runs
 
     def _close_pool(self, cancel: bool = False) -> None:
         if getattr(self, "_pool", None) is not None:
@@ -160,7 +161,7 @@ class InferenceWriter:
         if self.overlays:
             overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
         job = (
-            str(self.output_dir), safe_name(image_id), path, np.packbits(mask), mask.shape,
+            str(self.output_dir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
             self.masks, self.seg, overlay,
         )  # fmt: skip
         self._open_pool()
@@ -257,12 +258,13 @@ def write_image_files(
 ) -> tuple[str | None, object]:
     """Write one image's files (in a writer process): the mask PNG, the DICOM SEG of a positive image, the overlay.
 
-    ``packed`` is the mask in image orientation as ``np.packbits`` of its ``shape``; ``overlay`` the uint8 image to
+    ``packed`` is ``np.packbits`` of the mask's transpose (MONAI's orientation, contiguous as the network wrote it),
+    ``shape`` the mask's ``(rows, cols)`` in image orientation; ``overlay`` the uint8 image to
     outline it on, or None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after
     the mask (the image keeps its row), or ``(None, error)`` when the mask itself could not be written.
     """
     try:
-        mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+        mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape[::-1]).T.astype(bool)
         if masks:
             _save_png(Path(output_dir) / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
         encoded = rle.encode(mask)

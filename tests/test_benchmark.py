@@ -1,6 +1,7 @@
 """The benchmark command runs end to end at smoke size and reports every figure issue 6 asks for."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -34,7 +35,11 @@ def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
         "MONAI chain on the CPU (reference)", "augment on cpu (per image, batched)",
     }  # fmt: skip
     assert all(speed > 0 for speed in stages.values())
+    writer = figures["writer"]
+    pooled = f"workers_{min(6, os.cpu_count() or 1)}"  # configs/inference.json's write_workers
+    assert writer["images"] == 3 and set(writer) == {"images", "workers_0", pooled}
+    assert all(w["all_written_ms_per_image"] >= w["engine_thread_ms_per_image"] > 0 for k, w in writer.items() if k != "images")
     assert figures["rle"]["encode_ms"] > 0 and figures["rle"]["loop_encode_ms"] > 0
     table = (tmp_path / "benchmark.md").read_text()
-    assert "training, bundle pipeline from DICOM" in table and "inference tta, inference.json over DICOMs" in table
+    assert "Inference writer" in table and "training, bundle pipeline from DICOM" in table and "inference tta, inference.json over DICOMs" in table
     assert table.splitlines()[0] in result.stdout
