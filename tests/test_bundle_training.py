@@ -188,3 +188,17 @@ def test_two_process_torchrun_on_cpu_trains_with_gloo(tiny_siim, tmp_path):
     assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)
     assert torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=True)["trainer"]["epoch"] == 1
     assert log.count("Epoch[1] Metrics") == 1  # validation gathered across ranks, reported by rank 0 only
+
+
+def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tiny_siim):
+    parser = ConfigParser()
+    parser.read_config([str(REPO / TRAIN), TINY])
+    parser.update({"bundle_root": str(REPO), "dataset_dir": str(tiny_siim), "num_workers": 0})
+    for name in ("train", "validate"):
+        cached = parser.get_parsed_content(f"{name}#dataset")._cache[0]
+        assert cached["image"].dtype == torch.uint8, name
+        assert torch.as_tensor(cached["label"]).dtype == torch.uint8, name
+    batch = next(iter(parser.get_parsed_content("validate#dataloader")))
+    image, label = parser.get_parsed_content("validate#prepare_batch")(batch, "cpu")
+    assert image.dtype == label.dtype == torch.float32
+    assert torch.equal(image, batch["image"].float() / 255.0) and image.meta["filename_or_obj"] == batch["image"].meta["filename_or_obj"]
