@@ -202,3 +202,14 @@ def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tin
     image, label = parser.get_parsed_content("validate#prepare_batch")(batch, "cpu")
     assert image.dtype == label.dtype == torch.float32
     assert torch.equal(image, batch["image"].float() / 255.0) and image.meta["filename_or_obj"] == batch["image"].meta["filename_or_obj"]
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_weights_the_plain_network_loads(tiny_siim, tmp_path):
+    run_bundle(train_args(tiny_siim, tmp_path, compile="true", max_epochs=1))
+    parser = ConfigParser()
+    parser.read_config([str(REPO / TRAIN), TINY])
+    network = parser.get_parsed_content("network_def")
+    network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # strict: no _orig_mod.
+    checkpoint = torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=True)
+    network.load_state_dict(checkpoint["network"])
