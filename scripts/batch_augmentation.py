@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
 
+from scripts.transforms import unpack_mask
+
 __all__ = ["RandForegroundCropd", "AugmentationParamsd", "augment_batch", "AugmentOnDevice", "PARAMS_KEY"]
 
 #: Where :class:`AugmentationParamsd` stores an image's parameters and :class:`AugmentOnDevice` finds the batch's.
@@ -47,21 +49,37 @@ class RandForegroundCropd(Randomizable, MapTransform):
     ``pos / (pos + neg)`` (when there is one), on any pixel otherwise; padded with zeros (evenly on both sides) where
     the image is smaller than the crop. Channel-first 2-D arrays; the output is a new ``torch.Tensor`` of the input's
     dtype, so a cached uint8 image stays uint8 and is never modified.
+
+    ``packed_keys`` hold masks packed by :class:`scripts.transforms.PackMaskd` (the compact label cache), shaped
+    like ``image_key``: only the crop's window is unpacked (to uint8 0/1), and the whole mask only to draw a
+    foreground centre.
     """
 
-    def __init__(self, keys: KeysCollection, label_key: str, spatial_size: Sequence[int], pos: float = 1.0, neg: float = 1.0) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str,
+        spatial_size: Sequence[int],
+        pos: float = 1.0,
+        neg: float = 1.0,
+        packed_keys: KeysCollection = (),
+        image_key: str = "image",
+    ) -> None:
         MapTransform.__init__(self, keys)
         if pos < 0 or neg < 0 or pos + neg <= 0:
             raise ValueError(f"RandForegroundCropd: pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
         self.label_key = label_key
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.pos_ratio = pos / (pos + neg)
+        self.packed_keys = {packed_keys} if isinstance(packed_keys, str) else set(packed_keys)
+        self.image_key = image_key
 
-    def randomize(self, label: np.ndarray) -> tuple[int, ...]:
-        """A crop centre (one index per spatial axis)."""
-        spatial = label.shape[1:]
+    def randomize(self, label, spatial: tuple[int, ...]) -> tuple[int, ...]:
+        """A crop centre (one index per axis of ``spatial``); ``label`` may be a callable giving the mask, called
+        only for a foreground-centred crop."""
         if self.R.rand() < self.pos_ratio:
-            foreground = np.flatnonzero(label.reshape(-1, *spatial).any(axis=0))
+            mask = _as_numpy(label() if callable(label) else label)
+            foreground = np.flatnonzero(mask.reshape(-1, *spatial).any(axis=0))
             if foreground.size:
                 return np.unravel_index(foreground[self.R.randint(foreground.size)], spatial)
         return tuple(self.R.randint(size) for size in spatial)
@@ -69,8 +87,12 @@ class RandForegroundCropd(Randomizable, MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)
         label = d[self.label_key]
-        centre = self.randomize(_as_numpy(label))
-        spatial = tuple(label.shape[1:])
+        if self.label_key in self.packed_keys:
+            spatial = tuple(d[self.image_key].shape[1:])
+            centre = self.randomize(lambda: unpack_mask(_as_numpy(label), spatial[-1]), spatial)
+        else:
+            spatial = tuple(label.shape[1:])
+            centre = self.randomize(label, spatial)
         if len(spatial) != len(self.spatial_size):
             raise ValueError(f"RandForegroundCropd: a {len(self.spatial_size)}-D crop of a {len(spatial)}-D image")
         starts = [min(max(c - s // 2, 0), max(n - s, 0)) for c, s, n in zip(centre, self.spatial_size, spatial)]
@@ -78,13 +100,27 @@ class RandForegroundCropd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             array = d[key]
             tensor = array.as_tensor() if hasattr(array, "as_tensor") else torch.as_tensor(np.asarray(array))
-            crop = tensor[(slice(None), *window)]
+            if key in self.packed_keys:
+                crop = _unpack_window(tensor, window, spatial[-1])
+            else:
+                crop = tensor[(slice(None), *window)]
             missing = [s - n for s, n in zip(self.spatial_size, crop.shape[1:])]
             if any(missing):
                 pads = [p for m in reversed(missing) for p in (m // 2, m - m // 2)]  # last axis first, as F.pad
                 crop = F.pad(crop, pads)
             d[key] = crop.clone(memory_format=torch.contiguous_format)
         return d
+
+
+def _unpack_window(bits: torch.Tensor, window: tuple[slice, ...], length: int) -> torch.Tensor:
+    """The ``window`` of a mask packed along its last axis (of ``length`` pixels), unpacked to uint8 0/1."""
+    last = window[-1]
+    stop = min(last.stop, length)
+    first_byte, last_byte = last.start // 8, (stop + 7) // 8
+    lines = bits[(slice(None), *window[:-1], slice(first_byte, last_byte))].numpy()
+    unpacked = np.unpackbits(lines, axis=-1)
+    offset = last.start - 8 * first_byte
+    return torch.from_numpy(np.ascontiguousarray(unpacked[..., offset : offset + stop - last.start]))
 
 
 class AugmentationParamsd(Randomizable):
@@ -262,17 +298,21 @@ class AugmentOnDevice:
     """``prepare_batch`` for ``SupervisedTrainer``: move ``image`` and ``label`` to the device, turn a uint8 image
     into float32 in ``[0, 1]`` there, apply the batch's :class:`AugmentationParamsd` parameters and return
     ``(image, label)`` in the memory format of ``to_kwargs`` (e.g. channels_last). A batch without parameters is
-    only moved and converted.
+    only moved and converted. ``packed_label``: the label comes packed by :class:`scripts.transforms.PackMaskd`
+    (validation's compact cache) and is unpacked on the device.
     """
 
-    def __init__(self, image_key: str = "image", label_key: str = "label", params_key: str = PARAMS_KEY) -> None:
+    def __init__(self, image_key: str = "image", label_key: str = "label", params_key: str = PARAMS_KEY, packed_label: bool = False) -> None:
         self.image_key, self.label_key, self.params_key = image_key, label_key, params_key
+        self.packed_label = packed_label
 
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         memory_format = kwargs.pop("memory_format", torch.contiguous_format)
         image = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
         label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+        if self.packed_label:
+            label = unpack_mask(label, image.shape[-1])
         label = label.float()
         params = batchdata.get(self.params_key)
         if params is not None:

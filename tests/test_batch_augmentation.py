@@ -198,3 +198,36 @@ def test_prepare_batch_converts_uint8_on_the_device_and_returns_channels_last():
 def test_bad_batch_shape_is_refused():
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         augment_batch(torch.zeros(1, 8, 8), None, params())
+
+
+# -------------------------------------------------------------------------------------------- packed label cache
+@pytest.mark.parametrize("cols", [96, 101, 7])
+def test_packed_masks_unpack_to_the_same_mask_in_numpy_and_torch(cols):
+    from scripts.transforms import PackMaskd, unpack_mask
+
+    mask = (np.random.default_rng(cols).random((1, 13, cols)) > 0.6).astype(np.uint8)
+    packed = PackMaskd("label")({"label": MetaTensor(torch.from_numpy(mask))})["label"]
+    assert packed.dtype == np.uint8 and packed.shape == (1, 13, (cols + 7) // 8)
+    np.testing.assert_array_equal(unpack_mask(packed, cols), mask)
+    assert torch.equal(unpack_mask(torch.from_numpy(packed), cols), torch.from_numpy(mask))
+    with pytest.raises(ValueError, match="cannot hold"):
+        unpack_mask(packed, cols + 8)
+
+
+def test_cropping_a_packed_label_gives_the_crop_of_the_unpacked_one():
+    from scripts.transforms import PackMaskd
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((1, 90, 77), dtype=np.uint8)
+    label[0, 30:50, 13:61] = rng.random((20, 48)) > 0.3
+    image = coordinate_image(90, 77)
+    packed = PackMaskd("label")({"label": label})["label"]
+    plain = RandForegroundCropd(["image", "label"], "label", (40, 37), pos=2, neg=1)
+    compact = RandForegroundCropd(["image", "label"], "label", (40, 37), pos=2, neg=1, packed_keys="label")
+    plain.set_random_state(4), compact.set_random_state(4)
+    for _ in range(30):
+        a, b = plain({"image": image, "label": label}), compact({"image": image, "label": packed})
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
+        assert b["label"].dtype == torch.uint8 and b["label"].shape == (1, 40, 37)
+    small = compact({"image": coordinate_image(20, 30), "label": np.packbits(np.ones((1, 20, 30), np.uint8), axis=-1)})
+    assert small["label"].shape == (1, 40, 37) and small["label"].sum() == 600  # padded like the image

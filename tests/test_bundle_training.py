@@ -7,10 +7,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
+from scripts.transforms import LabelToMaskd, radiograph_loading
 from tests.conftest import REPO, TINY, bundle_env, config_files, run_bundle
 
 TRAIN = "configs/train.json"
@@ -196,12 +198,15 @@ def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tin
     parser.update({"bundle_root": str(REPO), "dataset_dir": str(tiny_siim), "num_workers": 0})
     for name in ("train", "validate"):
         cached = parser.get_parsed_content(f"{name}#dataset")._cache[0]
-        assert cached["image"].dtype == torch.uint8, name
-        assert torch.as_tensor(cached["label"]).dtype == torch.uint8, name
+        assert cached["image"].dtype == torch.uint8 and cached["image"].shape == (1, 96, 96), name
+        assert cached["label"].dtype == np.uint8 and cached["label"].shape == (1, 96, 12), name  # 8 pixels a byte
     batch = next(iter(parser.get_parsed_content("validate#dataloader")))
     image, label = parser.get_parsed_content("validate#prepare_batch")(batch, "cpu")
-    assert image.dtype == label.dtype == torch.float32
+    assert image.dtype == label.dtype == torch.float32 and label.shape == image.shape
     assert torch.equal(image, batch["image"].float() / 255.0) and image.meta["filename_or_obj"] == batch["image"].meta["filename_or_obj"]
+    item = parser.get_parsed_content("validate#dataset").data[0]
+    truth = LabelToMaskd("label", ref_key="image")(radiograph_loading("image")[0]({**item}))["label"]  # (1, cols, rows)
+    assert torch.equal(label[0], torch.as_tensor(truth).float())
 
 
 @pytest.mark.slow
