@@ -75,13 +75,14 @@ class RandForegroundCropd(Randomizable, MapTransform):
         self.image_key = image_key
 
     def randomize(self, label, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        """A crop centre (one index per axis of ``spatial``); ``label`` may be a callable giving the mask, called
-        only for a foreground-centred crop."""
+        """A crop centre (one index per axis of ``spatial``); ``label`` may be a callable giving the mask (or None
+        for a mask known to be empty), called only for a foreground-centred crop."""
         if self.R.rand() < self.pos_ratio:
-            mask = _as_numpy(label() if callable(label) else label)
-            foreground = np.flatnonzero(mask.reshape(-1, *spatial).any(axis=0))
-            if foreground.size:
-                return np.unravel_index(foreground[self.R.randint(foreground.size)], spatial)
+            mask = label() if callable(label) else label
+            if mask is not None:
+                foreground = np.flatnonzero(_as_numpy(mask).reshape(-1, *spatial).any(axis=0))
+                if foreground.size:
+                    return np.unravel_index(foreground[self.R.randint(foreground.size)], spatial)
         return tuple(self.R.randint(size) for size in spatial)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
@@ -89,7 +90,8 @@ class RandForegroundCropd(Randomizable, MapTransform):
         label = d[self.label_key]
         if self.label_key in self.packed_keys:
             spatial = tuple(d[self.image_key].shape[1:])
-            centre = self.randomize(lambda: unpack_mask(_as_numpy(label), spatial[-1]), spatial)
+            bits = _as_numpy(label)
+            centre = self.randomize(lambda: unpack_mask(bits, spatial[-1]) if bits.any() else None, spatial)
         else:
             spatial = tuple(label.shape[1:])
             centre = self.randomize(label, spatial)
@@ -100,15 +102,14 @@ class RandForegroundCropd(Randomizable, MapTransform):
         for key in self.key_iterator(d):
             array = d[key]
             tensor = array.as_tensor() if hasattr(array, "as_tensor") else torch.as_tensor(np.asarray(array))
-            if key in self.packed_keys:
-                crop = _unpack_window(tensor, window, spatial[-1])
-            else:
-                crop = tensor[(slice(None), *window)]
+            packed = key in self.packed_keys
+            crop = _unpack_window(tensor, window, spatial[-1]) if packed else tensor[(slice(None), *window)]
             missing = [s - n for s, n in zip(self.spatial_size, crop.shape[1:])]
             if any(missing):
                 pads = [p for m in reversed(missing) for p in (m // 2, m - m // 2)]  # last axis first, as F.pad
                 crop = F.pad(crop, pads)
-            d[key] = crop.clone(memory_format=torch.contiguous_format)
+            # a slice of the cache is copied (so the cache is never modified); unpacked or padded crops are new
+            d[key] = crop if packed or any(missing) else crop.clone(memory_format=torch.contiguous_format)
         return d
 
 
@@ -250,7 +251,8 @@ def sampling_grid(params: Mapping[str, torch.Tensor], spatial: tuple[int, int]) 
 
 def _active_parts(params: Mapping[str, torch.Tensor]) -> tuple[bool, bool, bool]:
     """Whether any image of the batch is moved (flip, affine, grid), re-contrasted, or given noise."""
-    nodes = torch.linspace(0, 1, params["grid"].shape[-1], device=params["grid"].device)
+    nodes = torch.as_tensor(np.linspace(0.0, 1.0, params["grid"].shape[-1]), dtype=torch.float32)  # as drawn
+    nodes = nodes.to(params["grid"].device)
     identity = torch.eye(2, device=params["matrix"].device)
     spatial = bool(
         params["flip"].any()
@@ -308,8 +310,8 @@ class AugmentOnDevice:
 
     def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
         memory_format = kwargs.pop("memory_format", torch.contiguous_format)
-        image = batchdata[self.image_key].to(device=device, non_blocking=non_blocking, **kwargs)
-        label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking, **kwargs)
+        image = batchdata[self.image_key].to(device=device, non_blocking=non_blocking)
+        label = batchdata[self.label_key].to(device=device, non_blocking=non_blocking)
         image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
         if self.packed_label:
             label = unpack_mask(label, image.shape[-1])
@@ -318,4 +320,6 @@ class AugmentOnDevice:
         if params is not None:
             seed = int(params["noise_seed"].sum()) % (2**63 - 1)  # a CPU tensor: no device sync
             image, label = augment_batch(image, label, params, noise_seed=seed)
+        if kwargs:  # any other ``to_kwargs`` (e.g. a dtype) apply to the converted, augmented batch
+            image, label = image.to(**kwargs), label.to(**kwargs)
         return image.contiguous(memory_format=memory_format), label.contiguous(memory_format=memory_format)

@@ -25,9 +25,11 @@ import json
 import logging
 import multiprocessing
 import os
+import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +83,14 @@ class InferenceWriter:
         self.info = dict(info or {})
         if int(workers) < 0:
             raise ValueError(f"InferenceWriter: workers must be >= 0, got {workers}")
-        self.workers = int(workers)
+        self.requested_workers = int(workers)
         self._pool: ProcessPoolExecutor | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._close_pool()
-        self._pending: deque[tuple[str, str, Future | tuple]] = deque()  # (image id, path, result), input order
+        self.workers = self.requested_workers
+        self._pending: deque[tuple[str, str, tuple, Future | tuple]] = deque()  # (id, path, job, result), input order
         self.rows: list[tuple[str, str]] = []
         self.errors: list[tuple[str, str]] = []
         self.failed_inputs = 0
@@ -100,7 +103,12 @@ class InferenceWriter:
         engine.add_event_handler(Events.ITERATION_STARTED, self._start_iteration)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
         engine.add_event_handler(Events.COMPLETED, lambda _: self.finish())
-        engine.add_event_handler(Events.EXCEPTION_RAISED, lambda *_: self._close_pool(cancel=True))
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._abort)
+
+    def _abort(self, _: Engine, error: BaseException) -> None:
+        """The run failed: stop the writers and let the error through (Ignite re-raises only without handlers)."""
+        self._close_pool(cancel=True)
+        raise error
 
     def _start(self, _: Engine) -> None:
         self._reset()
@@ -108,8 +116,7 @@ class InferenceWriter:
 
     def _open_pool(self) -> None:
         if self.workers and self._pool is None:
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+            context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
             self._pool.submit(int).result()  # starts the processes now, not while the engine runs
 
@@ -165,31 +172,42 @@ class InferenceWriter:
             self.masks, self.seg, overlay,
         )  # fmt: skip
         self._open_pool()
-        if self._pool is None:
-            result: Future | tuple = write_image_files(*job)
-        else:
-            result = self._pool.submit(write_image_files, *job)
-            self._wait_for_backlog()
-        self._pending.append((image_id, path, result))
+        result: Future | tuple | None = None
+        if self._pool is not None:
+            try:
+                result = self._pool.submit(write_image_files, *job)
+            except BrokenProcessPool:
+                self._lose_pool()
+        self._pending.append((image_id, path, job, result if result is not None else write_image_files(*job)))
+        self._collect(keep=4 * self.workers)
 
-    def _wait_for_backlog(self) -> None:
-        """Keep at most a few images per writer in flight, so a slow disk cannot fill memory."""
-        in_flight = [r for _, _, r in self._pending if isinstance(r, Future) and not r.done()]
-        for future in in_flight[: max(0, len(in_flight) - 4 * self.workers)]:
-            future.exception()  # waits
+    def _lose_pool(self) -> None:
+        """A writer process died (killed, crashed): write the rest in this thread."""
+        if self._pool is not None:
+            logger.warning("a writer process died: the remaining files are written in the main process")
+            self._pool.shutdown(wait=True, cancel_futures=True)  # the executor has ended its other processes
+            self._pool, self.workers = None, 0
+            for folder in ("masks", "seg", "overlays"):  # temporary files of writes cut short
+                for stale in (self.output_dir / folder).glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)
 
-    def _collect(self) -> None:
-        """Rows and errors of every image handed to the writers, in input order."""
+    def _collect(self, keep: int = 0) -> None:
+        """Turn finished writes into rows and errors, in input order, until at most ``keep`` are in flight (so a
+        slow disk cannot fill memory); an image whose writer died is written again here."""
         while self._pending:
-            image_id, path, result = self._pending.popleft()
+            image_id, path, job, result = self._pending[0]
             if isinstance(result, Future):
+                if len(self._pending) <= keep and not result.done():
+                    return
                 try:
                     result = result.result()
-                except Exception as error:  # the writer's process died
-                    result = (None, error)
+                except BrokenProcessPool:
+                    self._lose_pool()
+                    result = write_image_files(*job)
+            self._pending.popleft()
             encoded, problems = result
             if encoded is None:
-                reason = error_reason(problems)
+                reason = problems
                 logger.warning("cannot write the results of %s: %s", path, reason)
                 self.errors.append((path, reason))
                 self.failed_inputs += 1
@@ -261,7 +279,8 @@ def write_image_files(
     ``packed`` is ``np.packbits`` of the mask's transpose (MONAI's orientation, contiguous as the network wrote it),
     ``shape`` the mask's ``(rows, cols)`` in image orientation; ``overlay`` the uint8 image to
     outline it on, or None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after
-    the mask (the image keeps its row), or ``(None, error)`` when the mask itself could not be written.
+    the mask (the image keeps its row), or ``(None, reason)`` when the mask itself could not be written. Reasons are
+    strings, so nothing that fails to unpickle crosses back from a writer process.
     """
     try:
         mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape[::-1]).T.astype(bool)
@@ -269,7 +288,7 @@ def write_image_files(
             _save_png(Path(output_dir) / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
         encoded = rle.encode(mask)
     except Exception as error:
-        return None, error
+        return None, error_reason(error)
     problems = []
     if seg and mask.any():
         problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)

@@ -231,3 +231,11 @@ def test_cropping_a_packed_label_gives_the_crop_of_the_unpacked_one():
         assert b["label"].dtype == torch.uint8 and b["label"].shape == (1, 40, 37)
     small = compact({"image": coordinate_image(20, 30), "label": np.packbits(np.ones((1, 20, 30), np.uint8), axis=-1)})
     assert small["label"].shape == (1, 40, 37) and small["label"].sum() == 600  # padded like the image
+
+
+def test_other_to_kwargs_apply_after_the_conversion():
+    image = torch.randint(0, 256, (1, 8, 8), dtype=torch.uint8)
+    batch = batch_of([params()], image, (image > 100).to(torch.uint8))
+    out_image, out_label = AugmentOnDevice()(batch, "cpu", False, dtype=torch.float64)
+    assert out_image.dtype == out_label.dtype == torch.float64
+    assert torch.allclose(out_image[0], image.double() / 255.0)

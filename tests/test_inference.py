@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -389,3 +390,64 @@ def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers):
     errors = (out / "errors.csv").read_text()
     assert "source1.dcm" in errors and "source0.dcm" not in errors
     assert len(list((out / "seg").iterdir())) == 2
+
+
+def test_an_engine_error_stops_the_writers_and_is_raised_not_written_up(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.inference_writer import InferenceWriter
+
+    items, _ = _writer_items(tmp_path / "in", n=3)
+
+    def step(engine, index):
+        if index == 2:
+            raise RuntimeError("the GPU fell over")
+        return [items[index]]
+
+    engine = Engine(step)
+    InferenceWriter(tmp_path / "out", workers=2).attach(engine)
+    with pytest.raises(RuntimeError, match="the GPU fell over"):
+        engine.run(list(range(3)))
+    assert not (tmp_path / "out" / "submission.csv").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+_PARENT = os.getpid()
+
+
+def _dies_in_a_writer_process(*job):
+    from scripts import inference_writer
+
+    if os.getpid() != _PARENT and job[1].endswith("2"):
+        os._exit(1)  # a killed writer (out of memory, a crash in C code)
+    return inference_writer.__dict__["_real_write_image_files"](*job)
+
+
+def test_a_writer_process_that_dies_costs_no_image(tmp_path, monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from scripts import inference_writer
+
+    monkeypatch.setattr(inference_writer, "_real_write_image_files", inference_writer.write_image_files, raising=False)
+    monkeypatch.setattr(inference_writer, "write_image_files", _dies_in_a_writer_process)
+    items, mask = _writer_items(tmp_path / "in", n=5)
+    writer = inference_writer.InferenceWriter(tmp_path / "out", workers=2)
+    for item in items:
+        writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
+    summary = writer.finish()
+    assert summary["processed"] == 5 and summary["errors"] == 0
+    assert len(list((tmp_path / "out" / "masks").iterdir())) == len(list((tmp_path / "out" / "seg").iterdir())) == 5
+    assert "a writer process died" in caplog.text
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_images_in_flight_to_the_writers_stay_bounded(tmp_path):
+    from types import SimpleNamespace
+
+    from scripts.inference_writer import InferenceWriter
+
+    items, _ = _writer_items(tmp_path / "in", n=8)
+    writer = InferenceWriter(tmp_path / "out", workers=1)
+    for item in items:
+        writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
+        assert len(writer._pending) <= 4
+    assert writer.finish()["processed"] == 8
