@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable
+from monai.utils import convert_to_numpy
 
 from scripts.transforms import unpack_mask
 
@@ -38,10 +39,6 @@ __all__ = ["RandForegroundCropd", "AugmentationParamsd", "augment_batch", "Augme
 
 #: Where :class:`AugmentationParamsd` stores an image's parameters and :class:`AugmentOnDevice` finds the batch's.
 PARAMS_KEY = "augment"
-
-
-def _as_numpy(array) -> np.ndarray:
-    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
 class RandForegroundCropd(Randomizable, MapTransform):
@@ -80,7 +77,7 @@ class RandForegroundCropd(Randomizable, MapTransform):
         if self.R.rand() < self.pos_ratio:
             mask = label() if callable(label) else label
             if mask is not None:
-                foreground = np.flatnonzero(_as_numpy(mask).reshape(-1, *spatial).any(axis=0))
+                foreground = np.flatnonzero(convert_to_numpy(mask).reshape(-1, *spatial).any(axis=0))
                 if foreground.size:
                     return np.unravel_index(foreground[self.R.randint(foreground.size)], spatial)
         return tuple(self.R.randint(size) for size in spatial)
@@ -90,7 +87,7 @@ class RandForegroundCropd(Randomizable, MapTransform):
         label = d[self.label_key]
         if self.label_key in self.packed_keys:
             spatial = tuple(d[self.image_key].shape[1:])
-            bits = _as_numpy(label)
+            bits = convert_to_numpy(label)
             centre = self.randomize(lambda: unpack_mask(bits, spatial[-1]) if bits.any() else None, spatial)
         else:
             spatial = tuple(label.shape[1:])
@@ -139,7 +136,7 @@ class AugmentationParamsd(Randomizable):
     * intensity scale ``x * (1 + U(-f, f))`` and shift ``x + U(-o, o)``;
     * Gaussian noise of standard deviation ``U(0, noise_std)``.
 
-    Output tensors: ``flip`` (bool), ``matrix`` (2 x 2), ``translate`` (2), ``grid`` (2 x ``grid_cells + 1``
+    Output tensors: ``flip`` (2 bools: whether each spatial axis is flipped), ``matrix`` (2 x 2), ``translate`` (2), ``grid`` (2 x ``grid_cells + 1``
     node positions in ``[0, 1]``), ``gamma``, ``scale``, ``shift``, ``noise_std`` (float32) and ``noise_seed``
     (int64). Parameters that are not applied hold their identity value.
     """
@@ -202,8 +199,7 @@ class AugmentationParamsd(Randomizable):
         shift_i = self.R.uniform(-self.shift_intensity, self.shift_intensity) if self._chance(self.shift_intensity_prob) else 0.0
         noise = self.R.uniform(0.0, self.noise_std) if self._chance(self.noise_prob) else 0.0
         return {
-            "flip": torch.tensor(flip),
-            "flip_axis": torch.tensor(self.flip_axis),
+            "flip": torch.tensor([flip and self.flip_axis == 0, flip and self.flip_axis == 1]),
             "matrix": torch.as_tensor(matrix, dtype=torch.float32),
             "translate": torch.as_tensor(translate, dtype=torch.float32),
             "grid": torch.as_tensor(nodes, dtype=torch.float32),
@@ -241,10 +237,9 @@ def sampling_grid(params: Mapping[str, torch.Tensor], spatial: tuple[int, int]) 
     m, t = params["matrix"][:, :, :, None, None], params["translate"][:, :, None, None]
     q0 = m[:, 0, 0] * p0 + m[:, 0, 1] * p1 + n0 / 2 + t[:, 0]
     q1 = m[:, 1, 0] * p0 + m[:, 1, 1] * p1 + n1 / 2 + t[:, 1]
-    flip = params["flip"].bool()[:, None, None]
-    axis = params["flip_axis"][:, None, None]
-    q0 = torch.where(flip & (axis == 0), n0 - q0, q0)
-    q1 = torch.where(flip & (axis == 1), n1 - q1, q1)
+    flip = params["flip"].bool()[:, :, None, None]
+    q0 = torch.where(flip[:, 0], n0 - q0, q0)
+    q1 = torch.where(flip[:, 1], n1 - q1, q1)
     # grid_sample, align_corners=False: -1 and 1 are the outer edges; the last entry indexes the last axis.
     return torch.stack((2 * q1 / n1 - 1, 2 * q0 / n0 - 1), dim=-1)
 

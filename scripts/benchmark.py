@@ -49,6 +49,17 @@ def _peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None
 
 
+def _calls_per_second(fn, calls: int, device: torch.device) -> float:
+    """Calls of ``fn`` per second on ``device``, after one untimed warm-up call."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    _sync(device)
+    return calls / (time.perf_counter() - start)
+
+
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -193,13 +204,7 @@ def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool) -> 
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=bool(amp) and device.type == "cuda"):
             torch.sigmoid(inferer(x, network))
 
-    once()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.infer_images):
-        once()
-    _sync(device)
-    return {"images_per_s": round(args.infer_images / (time.perf_counter() - start), 3), "tta": tta}
+    return {"images_per_s": round(_calls_per_second(once, args.infer_images, device), 3), "tta": tta}
 
 
 def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: Path, tta: bool) -> dict:
@@ -292,13 +297,8 @@ def data_pipeline_per_core(args, overrides: dict, data_dir: Path) -> dict:
     device = parser.get_parsed_content("device")
     prepare = parser.get_parsed_content("train#prepare_batch")
     batch = list_data_collate(crops[: args.batch])
-    prepare(batch, device, True)  # warm-up
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(3):
-        prepare(batch, device, True)
-    _sync(device)
-    results[f"augment on {device.type} (per image, batched)"] = round(3 * len(crops[: args.batch]) / (time.perf_counter() - start), 1)
+    batches_per_s = _calls_per_second(lambda: prepare(batch, device, True), 3, device)
+    results[f"augment on {device.type} (per image, batched)"] = round(batches_per_s * len(batch["image"]), 1)
     torch.set_num_threads(os.cpu_count() or 1)
     return results
 

@@ -41,6 +41,7 @@ from scripts.atomic import atomic_open
 from scripts.dicom_folder import DicomScan, safe_name, scan_dicom_inputs
 from scripts.flags import as_flag
 from scripts.inference import ERROR_KEY, PATH_KEY, error_reason
+from scripts.overlay import save_overlay
 from scripts.siim_csv import write_rle_csv
 from scripts.transforms import to_image_orientation
 
@@ -140,10 +141,7 @@ class InferenceWriter:
             try:
                 self.write_item(item)
             except Exception as error:  # one image's failure must not cost the others
-                reason = error_reason(error)
-                logger.warning("cannot write the results of %s: %s", path, reason)
-                self.errors.append((path, reason))
-                self.failed_inputs += 1
+                self._lose_image(path, error_reason(error))
         self.seconds.append(time.perf_counter() - self._iteration_started)
 
     def write_item(self, item: dict) -> None:
@@ -206,16 +204,19 @@ class InferenceWriter:
                     result = write_image_files(*job)
             self._pending.popleft()
             encoded, problems = result
-            if encoded is None:
-                reason = problems
-                logger.warning("cannot write the results of %s: %s", path, reason)
-                self.errors.append((path, reason))
-                self.failed_inputs += 1
+            if encoded is None:  # the mask itself was not written: ``problems`` is the reason
+                self._lose_image(path, problems)
                 continue
             self.rows.append((image_id, encoded))
             for reason in problems:
                 logger.warning("%s: %s", path, reason)
                 self.errors.append((path, reason))
+
+    def _lose_image(self, path: str, reason: str) -> None:
+        """An image whose results could not be written: an error and no row."""
+        logger.warning("cannot write the results of %s: %s", path, reason)
+        self.errors.append((path, reason))
+        self.failed_inputs += 1
 
     def finish(self) -> dict:
         """Wait for the writers, then write ``submission.csv``, ``errors.csv`` and ``summary.json``; return the
@@ -293,7 +294,7 @@ def write_image_files(
     if seg and mask.any():
         problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)
     if overlay is not None:
-        problems += _attempt("overlay", _save_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+        problems += _attempt("overlay", save_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
     return encoded, problems
 
 
@@ -310,12 +311,6 @@ def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> None:
 
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
     write_segmentation(path, source, mask)
-
-
-def _save_overlay(path: Path, image: np.ndarray, mask: np.ndarray) -> None:
-    from scripts.overlay import save_overlay
-
-    save_overlay(path, image, mask)
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> None:
