@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= demo
-# The demo profile (configs/demo.json) trains a small network for a few minutes on a CPU, so its data set is small
+# The demo profile (configs/demo.json for the demo model, demo_train.json and demo_inference.json) trains a small network for a few minutes on a CPU, so its data set is small
 # (256 x 256) with clearly visible, larger pneumothoraces; the generator's defaults (1024 x 1024, subtle,
 # SIIM-like sizes) are the hard case.
 DEMO_N ?= 400
@@ -14,6 +14,9 @@ DEMO_SIZE ?= 256
 DEMO_CONTRAST ?= 25
 DEMO_LESION_SCALE ?= 3
 BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadata.json --logging_file configs/logging.conf
+# Every bundle command reads configs/common.json (network, device and precision, thresholds, image loading) first.
+TRAIN_CONFIGS := 'configs/common.json','configs/train.json'
+INFERENCE_CONFIGS := 'configs/common.json','configs/inference.json'
 PYTEST_ARGS ?=
 
 LABEL_VENV := .venv-label
@@ -49,14 +52,15 @@ $(DEMO_DIR)/siim/train-rle.csv: | $(VENV)/.runtime-installed
 		--lesion_contrast $(DEMO_CONTRAST) --lesion_scale $(DEMO_LESION_SCALE) --seed 0
 
 demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
-	$(PY) -m scripts.datalist --data_dir $(DEMO_DIR)/siim --out $(DEMO_DIR)/datalist.json
-	$(BUNDLE_RUN) --config_file "['configs/train.json','configs/demo.json']" --bundle_root .
-	$(BUNDLE_RUN) --config_file "['configs/train.json','configs/evaluate.json','configs/demo.json']" --bundle_root . \
-		--output_dir $(DEMO_DIR)/runs/eval
-	$(BUNDLE_RUN) --config_file "['configs/inference.json','configs/demo_inference.json']" --bundle_root . \
+	$(PY) -m scripts.siim.datalist --data_dir $(DEMO_DIR)/siim --out $(DEMO_DIR)/datalist.json
+	$(BUNDLE_RUN) --config_file "[$(TRAIN_CONFIGS),'configs/demo.json','configs/demo_train.json']" --bundle_root . \
+		--datalist_file $(DEMO_DIR)/datalist.json
+	$(BUNDLE_RUN) --config_file "[$(TRAIN_CONFIGS),'configs/evaluate.json','configs/demo.json','configs/demo_train.json']" \
+		--bundle_root . --datalist_file $(DEMO_DIR)/datalist.json --output_dir $(DEMO_DIR)/runs/eval
+	$(BUNDLE_RUN) --config_file "[$(INFERENCE_CONFIGS),'configs/demo.json','configs/demo_inference.json']" --bundle_root . \
 		--dataset_dir $(DEMO_DIR)/siim/dicom-images-test --output_dir $(DEMO_DIR)/runs/inference \
 		--ckpt_dir $(DEMO_DIR)/models
-	$(PY) -m scripts.demo_report --demo_dir $(DEMO_DIR)
+	$(PY) -m scripts.evaluation.report --demo_dir $(DEMO_DIR)
 
 test: $(VENV)/.dev-installed $(LABEL_VENV)/.installed
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -66,10 +70,9 @@ test-quick: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # MONAI Label server on STUDIES (a SIIM tree or a flat folder of DICOMs) serving WEIGHTS, on 127.0.0.1:PORT.
-# For the demo model: make label-server WEIGHTS=demo/models/model.pt \
-#     LABEL_ARGS="--override configs/demo.json --override configs/demo_inference.json"
+# For the demo model: make label-server WEIGHTS=demo/models/model.pt LABEL_ARGS="--override configs/demo.json"
 label-server: $(VENV)/.runtime-installed $(LABEL_VENV)/.installed
-	PYTHONPATH=. $(PY) -m scripts.label_server --studies $(STUDIES) --weights $(WEIGHTS) --port $(PORT) $(LABEL_ARGS)
+	PYTHONPATH=. $(PY) -m scripts.serving.label_server --studies $(STUDIES) --weights $(WEIGHTS) --port $(PORT) $(LABEL_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

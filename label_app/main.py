@@ -1,6 +1,6 @@
 """MONAI Label app serving this bundle: 2-D pneumothorax masks on chest-radiograph DICOMs, labels, retraining.
 
-Started by ``python -m scripts.label_server`` (which prepares the studies folder and the served bundle), never by
+Started by ``python -m scripts.serving.label_server`` (which prepares the studies folder and the served bundle), never by
 hand: the bundle to serve comes in as ``--conf bundle_path <dir>``. Everything about the pipeline comes from the
 bundle's own ``configs/inference.json`` and ``configs/train.json``; this file only adapts MONAI Label's generic
 bundle tasks to single-frame 2-D DICOMs:
@@ -25,6 +25,8 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
+
+from scripts.utils.metadata import bundle_identity
 
 logger = logging.getLogger(__name__)
 
@@ -83,14 +85,17 @@ class PneumothoraxApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
         self.served_bundle = os.path.realpath(conf.get("bundle_path") or os.path.join(app_dir, "..", "runs", "label", "bundle"))
         if not os.path.isfile(os.path.join(self.served_bundle, "models", "model.pt")):
-            raise FileNotFoundError(f"no weights at {self.served_bundle}/models/model.pt: start the server with scripts.label_server")
+            raise FileNotFoundError(
+                f"no weights at {self.served_bundle}/models/model.pt: start the server with scripts.serving.label_server"
+            )
+        identity = bundle_identity(os.path.join(self.served_bundle, "configs", "metadata.json"))
         super().__init__(
             app_dir=app_dir,
             studies=studies,
             conf=conf,
-            name="SIIM-ACR pneumothorax segmentation",
+            name=identity.name,
             description="2-D pneumothorax segmentation of chest radiographs (research use only)",
-            version="0.2.0",
+            version=identity.version,
         )
 
     def init_infers(self):

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from scripts.synthetic import generate_dataset
+from scripts.synthetic.dataset import generate_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "tests" / "configs" / "tiny.json")
+#: Read first by every bundle command (network, device and precision, thresholds, image loading).
+COMMON = "configs/common.json"
 
 
 @pytest.fixture(scope="session")

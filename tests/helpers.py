@@ -5,7 +5,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from scripts.dicom_io import write_radiograph
+from scripts.synthetic.dicom_writer import write_radiograph
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def asymmetric_case(rows: int = 300, cols: int = 220) -> tuple[np.ndarray, np.ndarray]:
@@ -46,3 +48,16 @@ class BrightnessNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gain * (x - 0.5)
+
+
+def image_loading(compact: bool = True) -> list:
+    """The bundle's image preprocessing as ``configs/common.json`` lists it (``image_loading``); without its last step,
+    the uint8 cache form, when ``compact`` is false."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "configs" / "common.json"))
+    steps = parser.get_parsed_content("image_loading")
+    if type(steps[-1]).__name__ != "ImageToUint8d":
+        raise AssertionError(f"configs/common.json: image_loading should end with ImageToUint8d, not {steps[-1]}")
+    return steps if compact else steps[:-1]

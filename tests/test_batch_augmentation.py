@@ -1,12 +1,14 @@
-"""Specification of the split augmentation (scripts/batch_augmentation.py): crop and parameters in the loader,
-application per batch on the device."""
+"""Specification of the split augmentation (scripts/data/crop.py, scripts/training/augmentation.py and
+prepare_batch.py): crop and parameters in the loader, application per batch on the device."""
 
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor, list_data_collate
 
-from scripts.batch_augmentation import AugmentationParamsd, AugmentOnDevice, RandForegroundCropd, augment_batch
+from scripts.data.crop import RandForegroundCropd
+from scripts.training.augmentation import AugmentationParamsd, augment_batch
+from scripts.training.prepare_batch import AugmentOnDevice
 
 IDENTITY_PROBS = dict(
     flip_prob=0.0, affine_prob=0.0, grid_prob=0.0, contrast_prob=0.0,
@@ -204,7 +206,7 @@ def test_bad_batch_shape_is_refused():
 # -------------------------------------------------------------------------------------------- packed label cache
 @pytest.mark.parametrize("cols", [96, 101, 7])
 def test_packed_masks_unpack_to_the_same_mask_in_numpy_and_torch(cols):
-    from scripts.transforms import PackMaskd, unpack_mask
+    from scripts.data.cache import PackMaskd, unpack_mask
 
     mask = (np.random.default_rng(cols).random((1, 13, cols)) > 0.6).astype(np.uint8)
     packed = PackMaskd("label")({"label": MetaTensor(torch.from_numpy(mask))})["label"]
@@ -216,7 +218,7 @@ def test_packed_masks_unpack_to_the_same_mask_in_numpy_and_torch(cols):
 
 
 def test_cropping_a_packed_label_gives_the_crop_of_the_unpacked_one():
-    from scripts.transforms import PackMaskd
+    from scripts.data.cache import PackMaskd
 
     rng = np.random.default_rng(0)
     label = np.zeros((1, 90, 77), dtype=np.uint8)

@@ -12,8 +12,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from scripts.transforms import LabelToMaskd, radiograph_loading
-from tests.conftest import REPO, TINY, bundle_env, config_files, run_bundle
+from scripts.data.labels import LabelToMaskd
+from tests.conftest import COMMON, REPO, TINY, bundle_env, config_files, run_bundle
 
 TRAIN = "configs/train.json"
 EVALUATE = "configs/evaluate.json"
@@ -21,7 +21,7 @@ MULTI_GPU = "configs/multi_gpu_train.json"
 META = "configs/metadata.json"
 
 
-@pytest.mark.parametrize("files", [(TRAIN,), (TRAIN, EVALUATE)], ids=["train", "train+evaluate"])
+@pytest.mark.parametrize("files", [(COMMON, TRAIN), (COMMON, TRAIN, EVALUATE)], ids=["train", "train+evaluate"])
 def test_model_zoo_properties_are_complete(files, tiny_siim, tmp_path):
     workflow = ConfigWorkflow(
         config_file=[str(REPO / f) for f in (*files, TINY)],
@@ -51,14 +51,14 @@ def test_metadata_exposes_the_pneumothorax_label_and_exact_versions():
 
 def test_network_maps_one_channel_to_one_channel():
     parser = ConfigParser()
-    parser.read_config(str(REPO / TRAIN))
+    parser.read_config([str(REPO / COMMON), str(REPO / TRAIN)])
     network = parser.get_parsed_content("network_def")
     out = network(torch.rand(1, 1, 64, 96))
     assert out.shape == (1, 1, 64, 96) and out.dtype == torch.float32
 
 
 def train_args(data, out, *extra_files, **overrides):
-    args = ["run", "--config_file", config_files(TRAIN, TINY, *extra_files), "--meta_file", META]
+    args = ["run", "--config_file", config_files(COMMON, TRAIN, TINY, *extra_files), "--meta_file", META]
     args += ["--logging_file", "configs/logging.conf", "--dataset_dir", str(data)]
     args += ["--output_dir", str(out / "train"), "--ckpt_dir", str(out / "models")]
     for key, value in overrides.items():
@@ -92,7 +92,7 @@ def test_training_writes_best_model_checkpoint_and_logs(trained):
 def test_evaluation_scores_the_fold_and_saves_the_best_thresholds(trained, tiny_siim):
     out, _ = trained
     eval_dir = out / "eval"
-    args = ["run", "--config_file", config_files(TRAIN, EVALUATE, TINY), "--meta_file", META]
+    args = ["run", "--config_file", config_files(COMMON, TRAIN, EVALUATE, TINY), "--meta_file", META]
     args += ["--dataset_dir", str(tiny_siim), "--output_dir", str(eval_dir), "--ckpt_dir", str(out / "models")]
     run_bundle(args)
     summary = json.loads((eval_dir / "metrics.json").read_text())
@@ -151,7 +151,7 @@ def test_training_killed_mid_run_resumes_to_the_same_result(tiny_siim, tmp_path)
 
 def training_batches(data, epochs, **overrides):
     parser = ConfigParser()
-    parser.read_config([str(REPO / TRAIN), TINY])
+    parser.read_config([str(REPO / COMMON), str(REPO / TRAIN), TINY])
     parser.update({"bundle_root": str(REPO), "dataset_dir": str(data), **overrides})
     loader, prepare = parser.get_parsed_content("train#dataloader"), parser.get_parsed_content("train#prepare_batch")
     batches = []
@@ -194,7 +194,7 @@ def test_two_process_torchrun_on_cpu_trains_with_gloo(tiny_siim, tmp_path):
 
 def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tiny_siim):
     parser = ConfigParser()
-    parser.read_config([str(REPO / TRAIN), TINY])
+    parser.read_config([str(REPO / COMMON), str(REPO / TRAIN), TINY])
     parser.update({"bundle_root": str(REPO), "dataset_dir": str(tiny_siim), "num_workers": 0})
     for name in ("train", "validate"):
         cached = parser.get_parsed_content(f"{name}#dataset")._cache[0]
@@ -205,7 +205,7 @@ def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tin
     assert image.dtype == label.dtype == torch.float32 and label.shape == image.shape
     assert torch.equal(image, batch["image"].float() / 255.0) and image.meta["filename_or_obj"] == batch["image"].meta["filename_or_obj"]
     item = parser.get_parsed_content("validate#dataset").data[0]
-    truth = LabelToMaskd("label", ref_key="image")(radiograph_loading("image")[0]({**item}))["label"]  # (1, cols, rows)
+    truth = LabelToMaskd("label", ref_key="image")(parser.get_parsed_content("image_loading#0")({**item}))["label"]  # (1, cols, rows)
     assert torch.equal(label[0], torch.as_tensor(truth).float())
 
 
@@ -213,7 +213,7 @@ def test_both_caches_hold_uint8_images_and_validation_converts_on_the_device(tin
 def test_compiled_training_saves_weights_the_plain_network_loads(tiny_siim, tmp_path):
     run_bundle(train_args(tiny_siim, tmp_path, compile="true", max_epochs=1))
     parser = ConfigParser()
-    parser.read_config([str(REPO / TRAIN), TINY])
+    parser.read_config([str(REPO / COMMON), str(REPO / TRAIN), TINY])
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # strict: no _orig_mod.
     checkpoint = torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=True)

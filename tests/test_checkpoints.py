@@ -1,4 +1,4 @@
-"""Specification of the best-model saver and the training checkpoint (scripts/checkpoints.py)."""
+"""Specification of the best-model saver and the training checkpoint (scripts/training/checkpoints.py)."""
 
 import json
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.checkpoints import BestModelSaver, TrainingCheckpoint, unwrap
+from scripts.training.checkpoints import BestModelSaver, TrainingCheckpoint
+from scripts.utils.distributed import unwrap
 
 
 def test_best_model_is_saved_as_a_plain_state_dict_only_when_the_score_improves(tmp_path):
@@ -73,3 +74,21 @@ def test_checkpoint_round_trips_network_optimizer_and_trainer_position(tmp_path)
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         TrainingCheckpoint(tmp_path, {}, resume=True)
+
+
+@pytest.mark.parametrize("spelling", ["false", "False", "no", "0", False])
+def test_resume_false_from_the_command_line_starts_a_fresh_run(tmp_path, spelling):
+    """``--resume false`` arrives as the string "false": it must not ask for a checkpoint that a fresh run lacks."""
+    checkpoint = TrainingCheckpoint(tmp_path, {"network": torch.nn.Linear(2, 1)}, resume=spelling)
+    assert checkpoint.resume is False
+    engine = Engine(lambda engine, batch: None)
+    checkpoint.attach(engine)
+    engine.run([0], max_epochs=1)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["trainer"]["epoch"] == 1
+
+
+def test_resume_true_as_a_string_still_needs_the_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        TrainingCheckpoint(tmp_path, {"network": torch.nn.Linear(2, 1)}, resume="true")
+    with pytest.raises(ValueError, match="resume must be true or false"):
+        TrainingCheckpoint(tmp_path, {"network": torch.nn.Linear(2, 1)}, resume="maybe")

@@ -1,12 +1,13 @@
-"""Specification of the datalist builder (scripts/datalist.py)."""
+"""Specification of the datalist builder (scripts/siim/datalist.py)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from scripts.datalist import build_datalist, find_siim_csv, load_fold, main, split_fold
-from scripts.siim_csv import write_rle_csv
+from scripts.siim.datalist import build_datalist, find_siim_csv, load_fold, main, read_datalist, split_fold
+from scripts.siim.rle_csv import write_rle_csv
 from tests.helpers import write_test_dicom
 
 PIXELS = np.full((8, 6), 100, dtype=np.uint8)
@@ -67,9 +68,21 @@ def test_unmatched_dicoms_and_rows_are_reported_not_silently_dropped(tmp_path, c
 
 def test_duplicate_dicom_for_one_image_id_is_reported(tmp_path):
     make_siim_folder(tmp_path, positives=1, negatives=1)
-    write_test_dicom(tmp_path / "dicom-images-train" / "copy" / "1.2.3.4.0.dcm", PIXELS, jpeg_quality=None)
+    copy = tmp_path / "dicom-images-train" / "copy" / "1.2.3.4.0.dcm"
+    write_test_dicom(copy, PIXELS, sop_instance_uid="1.2.3.4.0", jpeg_quality=None)
     _, report = build_datalist(tmp_path, n_folds=2)
     assert len(report.duplicate_dicoms) == 1 and "1.2.3.4.0" in report.duplicate_dicoms[0]
+
+
+def test_a_dicom_is_matched_by_its_sop_instance_uid_not_its_file_name(tmp_path):
+    make_siim_folder(tmp_path, positives=1, negatives=0)
+    renamed = tmp_path / "dicom-images-train" / "other" / "IM0001.dcm"
+    write_test_dicom(renamed, PIXELS, sop_instance_uid="1.2.3.4.7", jpeg_quality=None)
+    with open(tmp_path / "train-rle.csv", "a") as handle:
+        handle.write("1.2.3.4.7, -1\n")
+    items, report = build_datalist(tmp_path, n_folds=2)
+    by_id = {item["image_id"]: item["image"] for item in items}
+    assert by_id["1.2.3.4.7"] == str(renamed) and report.lines() == []
 
 
 def test_csv_problems_are_carried_into_the_report(tmp_path):
@@ -116,3 +129,48 @@ def test_command_line_writes_a_datalist_json(tmp_path, capsys):
     assert any("8.8.8" in line for line in written["report"])
     captured = capsys.readouterr()
     assert "5 images (2 positive)" in captured.out and "8.8.8" in captured.err
+
+
+def test_training_from_the_datalist_file_gets_the_folds_the_folder_gives(tmp_path, monkeypatch):
+    data = make_siim_folder(tmp_path / "siim", positives=4, negatives=6)
+    main(["--data_dir", str(data), "--out", str(tmp_path / "lists" / "datalist.json"), "--n_folds", "3", "--seed", "2"])
+    monkeypatch.chdir(tmp_path / "siim")  # paths in the file are relative to the file, not to where training runs
+    from_file = load_fold(None, fold=1, datalist_file=tmp_path / "lists" / "datalist.json")
+    from_folder = load_fold(data, fold=1, n_folds=3, seed=2)
+    for key in ("training", "validation"):
+        assert [i["image_id"] for i in from_file[key]] == [i["image_id"] for i in from_folder[key]]
+        assert [Path(i["image"]).resolve() for i in from_file[key]] == [Path(i["image"]).resolve() for i in from_folder[key]]
+        assert all(Path(i["image"]).is_file() for i in from_file[key])
+
+
+def test_a_datalist_file_and_a_contradicting_split_are_refused(tmp_path):
+    data = make_siim_folder(tmp_path / "siim", positives=2, negatives=2)
+    main(["--data_dir", str(data), "--out", str(tmp_path / "datalist.json"), "--n_folds", "2"])
+    with pytest.raises(ValueError, match="made with n_folds=2, the config asks n_folds=5"):
+        load_fold(data, fold=0, n_folds=5, datalist_file=tmp_path / "datalist.json")
+    assert load_fold(data, fold=0, n_folds=2, seed=0, datalist_file=tmp_path / "datalist.json")["validation"]
+
+
+def test_a_decathlon_style_datalist_is_read_as_monai_reads_it(tmp_path):
+    (tmp_path / "list.json").write_text(
+        json.dumps(
+            {
+                "training": [{"image": "imgs/a.dcm", "label": ["1 2"]}, {"image": "/abs/b.dcm", "label": "labels/b.nii.gz"}],
+                "validation": [{"image": "imgs/c.dcm", "label": ["-1"]}],
+            }
+        )
+    )
+    lists = load_fold(None, datalist_file=tmp_path / "list.json")
+    a, b = lists["training"]
+    assert a["image"] == str(tmp_path / "imgs" / "a.dcm") and a["label"] == ["1 2"] and a["positive"] is True
+    assert b["image"] == "/abs/b.dcm" and b["label"] == str(tmp_path / "labels" / "b.nii.gz") and "positive" not in b
+    assert lists["validation"][0]["positive"] is False
+
+
+def test_a_file_that_is_not_a_datalist_is_named_in_the_error(tmp_path):
+    (tmp_path / "other.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match="other.json: a datalist has"):
+        read_datalist(tmp_path / "other.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="broken.json: cannot read the datalist"):
+        read_datalist(tmp_path / "broken.json")

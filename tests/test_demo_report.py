@@ -1,10 +1,10 @@
-"""Specification of the demo's closing report (scripts/demo_report.py)."""
+"""Specification of the demo's closing report (scripts/evaluation/report.py)."""
 
 import json
 
 import pytest
 
-from scripts.demo_report import all_empty_score, main
+from scripts.evaluation.report import all_empty_score, main
 
 
 def test_all_empty_score_is_the_share_of_negative_images():
@@ -21,8 +21,9 @@ def test_report_names_the_outputs_and_compares_with_the_baseline(tmp_path, capsy
         "val_specificity": 0.9,
     }
     (tmp_path / "runs" / "eval" / "metrics.json").write_text(json.dumps({"images": 4, "metrics": metrics}))
-    items = [{"positive": i == 0, "fold": 0} for i in range(4)] + [{"positive": True, "fold": 1}]
-    (tmp_path / "datalist.json").write_text(json.dumps({"items": items}))
+    items = [{"image": f"{i}.dcm", "positive": i == 0, "fold": 0} for i in range(4)]
+    items += [{"image": "4.dcm", "positive": True, "fold": 1}]
+    (tmp_path / "datalist.json").write_text(json.dumps({"n_folds": 2, "seed": 0, "items": items}))
     (tmp_path / "runs" / "inference").mkdir()
     inference = {"input": "test-images", "processed": 20, "positive": 3, "errors": 1, "seconds_per_image": 0.2}
     (tmp_path / "runs" / "inference" / "summary.json").write_text(json.dumps(inference))

@@ -5,9 +5,10 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from tests.conftest import REPO, run_bundle
+from tests.conftest import COMMON, REPO, config_files, run_bundle
 
 SMALL = ["--network_def#channels", "[4,8,16,32,64]"]
+INFERENCE = config_files(COMMON, "configs/inference.json")
 
 
 @pytest.fixture(scope="module")
@@ -15,7 +16,7 @@ def small_model(tmp_path_factory):
     """A randomly initialised AttentionUnet (small channels) saved as a plain state dict, and the network."""
     folder = tmp_path_factory.mktemp("export")
     parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.read_config([str(REPO / COMMON), str(REPO / "configs" / "inference.json")])
     parser["network_def"]["channels"] = [4, 8, 16, 32, 64]
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
@@ -35,7 +36,7 @@ def _export(command: str, folder, filepath, *extra: str) -> None:
             "--meta_file",
             "configs/metadata.json",
             "--config_file",
-            "configs/inference.json",
+            INFERENCE,
             *SMALL,
             *extra,
         ]
@@ -71,6 +72,6 @@ def test_onnx_export_matches_pytorch_in_onnxruntime(small_model):
 def test_model_zoo_verify_net_in_out_passes():
     """The Model Zoo CI check: network_def takes metadata's inputs.image and gives its outputs.pred."""
     result = run_bundle(
-        ["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
+        ["verify_net_in_out", "network_def", "--meta_file", "configs/metadata.json", "--config_file", INFERENCE]
     )
     assert "verified with no error" in result.stdout + result.stderr

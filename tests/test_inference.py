@@ -13,11 +13,12 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
-from scripts import rle
-from scripts.dicom_folder import is_dicom_file, safe_name, scan_dicom_inputs
-from scripts.dicom_seg import read_segmentation_mask
-from scripts.inference import AveragedProbabilities, load_weights
-from tests.conftest import REPO, config_files, run_bundle
+from scripts.inference.dicom_seg import read_segmentation_mask
+from scripts.inference.ensemble import AveragedProbabilities, load_weights
+from scripts.inference.inputs import is_dicom_file, scan_dicom_inputs
+from scripts.siim import rle
+from scripts.utils.files import safe_name
+from tests.conftest import COMMON, REPO, config_files, run_bundle
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
 
 BRIGHTNESS = str(REPO / "tests" / "configs" / "inference_brightness.json")
@@ -91,7 +92,7 @@ def _run_inference(folder: Path, out: Path, ckpt_dir: Path, *extra: str):
         [
             "run",
             "--config_file",
-            config_files("configs/inference.json", BRIGHTNESS),
+            config_files(COMMON, "configs/inference.json", BRIGHTNESS),
             "--meta_file",
             "configs/metadata.json",
             "--logging_file",
@@ -142,10 +143,10 @@ def test_safe_name_keeps_uids_and_separates_lookalikes():
 
 def test_inference_config_has_every_model_zoo_property(mixed_folder, tmp_path):
     parser = ConfigParser()
-    parser.read_config(str(REPO / "configs" / "inference.json"))
+    parser.read_config([str(REPO / COMMON), str(REPO / "configs" / "inference.json")])
     torch.save(parser.get_parsed_content("network_def").state_dict(), tmp_path / "model.pt")
     workflow = ConfigWorkflow(
-        config_file=str(REPO / "configs" / "inference.json"),
+        config_file=[str(REPO / COMMON), str(REPO / "configs" / "inference.json")],
         meta_file=str(REPO / "configs" / "metadata.json"),
         workflow_type="infer",
         output_dir=str(tmp_path / "out"),
@@ -282,6 +283,18 @@ def test_averaged_probabilities_is_the_mean_probability_over_checkpoints_and_fli
     torch.testing.assert_close(torch.sigmoid(both(x)), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_tta_false_from_the_command_line_runs_and_logs_without_tta(tmp_path, caplog):
+    """``--tta false`` arrives as the string "false": no flipped pass, and the log says TTA is off."""
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    with caplog.at_level("INFO", logger="scripts.inference.ensemble"):
+        plain = AveragedProbabilities(torch.nn.Conv2d(1, 1, 3, padding=1), [tmp_path / "m.pt"], flip_tta="false")
+    assert plain.flip_tta is False and "flip TTA off" in caplog.text and "flip TTA on" not in caplog.text
+    x = torch.rand(1, 1, 12, 10)
+    torch.testing.assert_close(plain(x), net(x))  # the network's own logits: no averaging with a flipped pass
+    assert AveragedProbabilities(torch.nn.Conv2d(1, 1, 3, padding=1), [tmp_path / "m.pt"], flip_tta="true").flip_tta is True
+
+
 def test_weights_load_only_as_plain_state_dicts(tmp_path):
     torch.save({"weight": BrightnessNet()}, tmp_path / "evil.pt")  # a pickled module, not tensors
     with pytest.raises(ValueError, match="evil.pt.*weights_only"):
@@ -294,10 +307,18 @@ def test_weights_load_only_as_plain_state_dicts(tmp_path):
 
 
 def test_inference_builds_the_network_that_training_saves():
-    train, infer = (json.loads((REPO / "configs" / name).read_text()) for name in ("train.json", "inference.json"))
+    def merged(*names):
+        parser = ConfigParser()
+        parser.read_config([str(REPO / "configs" / name) for name in names])
+        return parser
+
+    train, infer = merged("common.json", "train.json"), merged("common.json", "inference.json")
     assert infer["network_def"] == train["network_def"]
-    demo, demo_infer = (json.loads((REPO / "configs" / n).read_text()) for n in ("demo.json", "demo_inference.json"))
-    assert demo_infer["network_def#channels"] == demo["network_def#channels"]
+    for name in ("train.json", "inference.json"):  # written once, in common.json
+        assert "network_def" not in json.loads((REPO / "configs" / name).read_text())
+    demo = merged("common.json", "train.json", "demo.json", "demo_train.json")
+    demo_infer = merged("common.json", "inference.json", "demo.json", "demo_inference.json")
+    assert demo_infer["network_def"] == demo["network_def"] and demo["network_def"]["channels"] == [8, 16, 32, 64, 128]
     assert demo_infer["roi_size"] == demo["crop_size"]
 
 
@@ -306,7 +327,7 @@ def test_a_second_file_with_the_same_sop_instance_uid_is_an_error_not_a_second_r
 
     from monai.data import MetaTensor
 
-    from scripts.inference_writer import InferenceWriter
+    from scripts.inference.writer import InferenceWriter
 
     writer = InferenceWriter(tmp_path, seg=False)
 
@@ -355,7 +376,7 @@ def _writer_items(tmp_path, n=3):
 def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_mask(tmp_path, workers):
     from types import SimpleNamespace
 
-    from scripts.inference_writer import InferenceWriter
+    from scripts.inference.writer import InferenceWriter
 
     items, mask = _writer_items(tmp_path / "in")
     out = tmp_path / "out"
@@ -376,7 +397,7 @@ def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_ma
 def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers):
     from types import SimpleNamespace
 
-    from scripts.inference_writer import InferenceWriter
+    from scripts.inference.writer import InferenceWriter
 
     items, _ = _writer_items(tmp_path / "in")
     out = tmp_path / "out"
@@ -395,7 +416,7 @@ def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers):
 def test_an_engine_error_stops_the_writers_and_is_raised_not_written_up(tmp_path):
     from ignite.engine import Engine
 
-    from scripts.inference_writer import InferenceWriter
+    from scripts.inference.writer import InferenceWriter
 
     items, _ = _writer_items(tmp_path / "in", n=3)
 
@@ -415,7 +436,7 @@ _PARENT = os.getpid()
 
 
 def _dies_in_a_writer_process(*job):
-    from scripts import inference_writer
+    from scripts.inference import writer as inference_writer
 
     if os.getpid() != _PARENT and job[1].endswith("2"):
         os._exit(1)  # a killed writer (out of memory, a crash in C code)
@@ -425,7 +446,7 @@ def _dies_in_a_writer_process(*job):
 def test_a_writer_process_that_dies_costs_no_image(tmp_path, monkeypatch, caplog):
     from types import SimpleNamespace
 
-    from scripts import inference_writer
+    from scripts.inference import writer as inference_writer
 
     monkeypatch.setattr(inference_writer, "_real_write_image_files", inference_writer.write_image_files, raising=False)
     monkeypatch.setattr(inference_writer, "write_image_files", _dies_in_a_writer_process)
@@ -443,11 +464,11 @@ def test_a_writer_process_that_dies_costs_no_image(tmp_path, monkeypatch, caplog
 def test_images_in_flight_to_the_writers_stay_bounded(tmp_path):
     from types import SimpleNamespace
 
-    from scripts.inference_writer import InferenceWriter
+    from scripts.inference.writer import InferenceWriter
 
     items, _ = _writer_items(tmp_path / "in", n=8)
     writer = InferenceWriter(tmp_path / "out", workers=1)
     for item in items:
         writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
-        assert len(writer._pending) <= 4
+        assert writer.pool.in_flight() <= 4
     assert writer.finish()["processed"] == 8

@@ -23,8 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.dicom_folder import safe_name
-from scripts.label_server import prepare_studies
+from scripts.utils.files import safe_name
 from tests.conftest import REPO
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
 
@@ -98,7 +97,7 @@ def server(tmp_path_factory):
     log = open(root / "server.log", "w")
     env = dict(os.environ, PYTHONPATH=str(REPO))
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts.label_server", "--studies", str(root / "siim"), "--weights", str(weights),
+        [sys.executable, "-m", "scripts.serving.label_server", "--studies", str(root / "siim"), "--weights", str(weights),
          "--override", str(OVERRIDE), "--workdir", str(workdir), "--port", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip

@@ -1,11 +1,11 @@
-"""Specification of the competition metric and its companions (scripts/metrics.py)."""
+"""Specification of the competition metric and its companions (scripts/evaluation/metrics.py)."""
 
 import math
 
 import pytest
 import torch
 
-from scripts.metrics import PneumothoraxMetric, competition_dice, image_statistics
+from scripts.evaluation.metrics import PneumothoraxMetric, competition_dice, image_statistics
 
 
 def batch(*masks):

@@ -1,11 +1,11 @@
-"""Specification of the overlay pictures (scripts/overlay.py)."""
+"""Specification of the overlay pictures (scripts/inference/overlay.py)."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from scripts import rle
-from scripts.overlay import OUTLINE_RGB, main, render_overlay
+from scripts.inference.overlay import OUTLINE_RGB, main, render_overlay
+from scripts.siim import rle
 from tests.helpers import asymmetric_case, write_test_dicom
 
 
@@ -27,7 +27,7 @@ def test_shapes_must_agree():
 
 def test_command_line_draws_a_dicom_with_its_csv_annotations(tmp_path):
     pixels, mask = asymmetric_case(rows=60, cols=40)
-    dicom = write_test_dicom(tmp_path / "1.2.3.dcm", pixels, jpeg_quality=None)
+    dicom = write_test_dicom(tmp_path / "1.2.3.dcm", pixels, sop_instance_uid="1.2.3", jpeg_quality=None)
     csv = tmp_path / "train-rle.csv"
     csv.write_text(f"ImageId, EncodedPixels\n1.2.3, {rle.encode(mask)}\n")
     assert main(["--dicom", str(dicom), "--csv", str(csv), "--out", str(tmp_path / "o.png")]) == 0

@@ -1,4 +1,4 @@
-"""Specification of triplet thresholding and its grid search (scripts/postprocessing.py, scripts/threshold_search.py)."""
+"""Specification of triplet thresholding and its grid search (scripts/evaluation/triplet.py, threshold_search.py)."""
 
 import json
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from scripts.postprocessing import Triplet, TripletThreshold, TripletThresholdd, load_triplet, save_triplet
-from scripts.threshold_search import TripletSearchHandler, TripletSearchMetric
+from scripts.evaluation.threshold_search import TripletSearchHandler, TripletSearchMetric
+from scripts.evaluation.triplet import Triplet, TripletThreshold, TripletThresholdd, load_triplet, save_triplet
+from tests.conftest import REPO
 
 SIDE = 1024  # areas are given at 1024 x 1024
 
@@ -45,7 +46,7 @@ def test_small_components_are_dropped():
 
 
 def test_numpy_input_gives_numpy_output():
-    out = TripletThreshold(min_area=0)(prob_map().numpy())
+    out = TripletThreshold(top=0.75, min_area=0, bottom=0.3)(prob_map().numpy())
     assert isinstance(out, np.ndarray) and out.sum() == 3000
 
 
@@ -56,21 +57,23 @@ def test_dictionary_wrapper():
 
 def test_invalid_triplets_are_refused():
     with pytest.raises(ValueError, match="thresholds"):
-        Triplet(top=1.5)
+        Triplet(top=1.5, min_area=2000, bottom=0.3)
     with pytest.raises(ValueError, match="areas"):
-        Triplet(min_area=-1)
+        Triplet(top=0.75, min_area=-1, bottom=0.3)
 
 
-def test_saved_triplet_loads_back_and_missing_file_gives_defaults(tmp_path):
+def test_saved_triplet_loads_back_and_missing_file_gives_the_configured_one(tmp_path):
+    configured = json.loads((REPO / "configs" / "common.json").read_text())["triplet"]
+    assert configured == {"top": 0.75, "min_area": 2000, "bottom": 0.3, "min_component": 0}
     save_triplet(tmp_path / "t.json", Triplet(top=0.6, min_area=1000, bottom=0.4), competition_dice=0.8)
-    assert load_triplet(tmp_path / "t.json") == {"top": 0.6, "min_area": 1000, "bottom": 0.4, "min_component": 0}
-    assert load_triplet(tmp_path / "none.json") == {"top": 0.75, "min_area": 2000, "bottom": 0.3, "min_component": 0}
+    assert load_triplet(tmp_path / "t.json", default=configured) == {"top": 0.6, "min_area": 1000, "bottom": 0.4, "min_component": 0}
+    assert load_triplet(tmp_path / "none.json", default=configured) == {"top": 0.75, "min_area": 2000, "bottom": 0.3, "min_component": 0}
 
 
 def test_corrupt_thresholds_file_is_a_clear_error(tmp_path):
     (tmp_path / "t.json").write_text("{not json")
     with pytest.raises(ValueError, match="t.json"):
-        load_triplet(tmp_path / "t.json")
+        load_triplet(tmp_path / "t.json", default={"top": 0.75, "min_area": 2000, "bottom": 0.3})
 
 
 def brute_force(prob, truth, triplet):

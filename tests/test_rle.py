@@ -1,4 +1,4 @@
-"""Specification of the SIIM-ACR run-length encoding (scripts/rle.py)."""
+"""Specification of the SIIM-ACR run-length encoding (scripts/siim/rle.py)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from scripts.rle import decode, encode, parse_runs
+from scripts.siim.rle import decode, encode, parse_runs
 from tests.official_rle import official_decode, official_encode
 
 

@@ -1,9 +1,9 @@
-"""Specification of the positive-share schedule (scripts/sampling.py)."""
+"""Specification of the positive-share schedule (scripts/data/sampling.py)."""
 
 import pytest
 from torch.utils.data import DistributedSampler
 
-from scripts.sampling import PositiveShareSampler, SeededDataset, positive_share
+from scripts.data.sampling import PositiveShareSampler, SeededDataset, positive_share
 
 DATA = [{"positive": i < 20} for i in range(100)]  # 20% positive
 

@@ -1,8 +1,8 @@
-"""Specification of the SIIM annotation CSV reader and writer (scripts/siim_csv.py)."""
+"""Specification of the SIIM annotation CSV reader and writer (scripts/siim/rle_csv.py)."""
 
 import pytest
 
-from scripts.siim_csv import read_rle_csv, rows_from_annotations, write_rle_csv
+from scripts.siim.rle_csv import read_rle_csv, rows_from_annotations, write_rle_csv
 
 ID_A = "1.2.276.0.7230010.3.1.4.8323329.1000.1517875165.878027"
 ID_B = "1.2.276.0.7230010.3.1.4.8323329.1001.1517875165.878030"

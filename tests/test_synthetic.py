@@ -1,4 +1,4 @@
-"""Specification of the synthetic SIIM-format dataset writer (scripts/synthetic.py)."""
+"""Specification of the synthetic SIIM-format dataset writer (scripts/synthetic/)."""
 
 import hashlib
 
@@ -7,10 +7,11 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEGBaseline8Bit, SecondaryCaptureImageStorage
 
-from scripts import rle
-from scripts.datalist import build_datalist
-from scripts.siim_csv import read_rle_csv
-from scripts.synthetic import ANNOTATIONS_PER_POSITIVE, generate_dataset, main
+from scripts.siim import rle
+from scripts.siim.datalist import build_datalist
+from scripts.siim.rle_csv import read_rle_csv
+from scripts.synthetic.__main__ import main
+from scripts.synthetic.dataset import ANNOTATIONS_PER_POSITIVE, generate_dataset
 
 SIIM_SOP_PREFIX = "1.2.276.0.7230010.3.1.4.8323329."
 

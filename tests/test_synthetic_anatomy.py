@@ -1,4 +1,4 @@
-"""Specifications of the synthetic chest radiographs of ``scripts.synthetic_anatomy``.
+"""Specifications of the synthetic chest radiographs of ``scripts.synthetic.anatomy``.
 
 Statistical specs run over fixed seeds at small sizes (256 x 256 unless said), so they are deterministic; their
 thresholds leave a margin around what the generator is designed to give, and each would fail if the behaviour
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from scripts.synthetic_anatomy import (
+from scripts.synthetic.anatomy import (
     AREA_MAX_1024,
     AREA_MEDIAN_1024,
     render_case,

@@ -1,4 +1,4 @@
-"""Specification of the MONAI transforms between SIIM annotations and loaded radiographs (scripts/transforms.py)."""
+"""Specification of the MONAI transforms between SIIM annotations and loaded radiographs (scripts/data/)."""
 
 import numpy as np
 import pydicom
@@ -7,10 +7,11 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, RandFlipd, SpatialCropd
 
-from scripts import rle
-from scripts.dicom_io import RadiographReader
-from scripts.transforms import MaskToRLE, MaskToRLEd, NormalizeRadiograph, NormalizeRadiographd, RLEToMask, RLEToMaskd
-from tests.helpers import asymmetric_case, write_test_dicom
+from scripts.data.intensity import NormalizeRadiograph, NormalizeRadiographd
+from scripts.data.labels import LabelToMaskd, MaskToRLE, RLEToMask, RLEToMaskd
+from scripts.data.reader import RadiographReader
+from scripts.siim import rle
+from tests.helpers import asymmetric_case, image_loading, write_test_dicom
 
 
 def load_pipeline(**normalize):
@@ -89,12 +90,6 @@ def test_probability_map_is_thresholded_before_encoding():
     expected = np.zeros((6, 4), dtype=bool)  # image orientation: (rows, cols) = transpose of (cols, rows)
     expected[2, 1] = True
     assert MaskToRLE(threshold=0.5)(probabilities) == rle.encode(expected)
-
-
-def test_mask_to_rle_d_adds_a_key_and_keeps_the_mask():
-    mask = np.zeros((1, 4, 6), dtype=np.uint8)
-    out = MaskToRLEd("pred")({"pred": mask})
-    assert out["pred_rle"] == "-1" and out["pred"] is mask
 
 
 def test_mask_to_rle_rejects_multichannel_input():
@@ -196,8 +191,6 @@ def test_label_files_and_rle_give_the_same_aligned_mask(tmp_path, suffix):
     import nibabel as nib
     from PIL import Image
 
-    from scripts.transforms import LabelToMaskd, radiograph_loading
-
     pixels, mask = asymmetric_case(rows=300, cols=220)
     path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None)
     label_file = tmp_path / f"label{suffix}"
@@ -205,7 +198,7 @@ def test_label_files_and_rle_give_the_same_aligned_mask(tmp_path, suffix):
         Image.fromarray(mask.astype(np.uint8) * 255).save(label_file)
     else:  # MONAI Label writes the (cols, rows) prediction it computed on the MONAI-loaded image
         nib.save(nib.Nifti1Image(mask.T.astype(np.uint8), np.eye(4)), label_file)
-    pipeline = Compose([*radiograph_loading("image"), LabelToMaskd("label", ref_key="image")])
+    pipeline = Compose([*image_loading(compact=False), LabelToMaskd("label", ref_key="image")])
     from_file = pipeline({"image": str(path), "label": str(label_file)})["label"]
     from_rle = pipeline({"image": str(path), "label": [rle.encode(mask)]})["label"]
     assert from_file.shape == (1, 220, 300) and from_file.dtype == torch.uint8
@@ -215,25 +208,23 @@ def test_label_files_and_rle_give_the_same_aligned_mask(tmp_path, suffix):
 def test_label_file_of_another_shape_is_refused_with_the_image_name(tmp_path):
     import nibabel as nib
 
-    from scripts.transforms import LabelToMaskd, radiograph_loading
-
     pixels, _ = asymmetric_case(rows=300, cols=220)
     path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None)
     nib.save(nib.Nifti1Image(np.zeros((300, 220), np.uint8), np.eye(4)), tmp_path / "wrong.nii.gz")
-    pipeline = Compose([*radiograph_loading("image"), LabelToMaskd("label", ref_key="image")])
+    pipeline = Compose([*image_loading(compact=False), LabelToMaskd("label", ref_key="image")])
     with pytest.raises(RuntimeError) as raised:
         pipeline({"image": str(path), "label": str(tmp_path / "wrong.nii.gz")})
     assert "case.dcm" in str(raised.value.__cause__) and "wrong.nii.gz" in str(raised.value.__cause__)
 
 
 def test_compact_cache_form_is_uint8_and_comes_back_within_half_a_grey_level(tmp_path):
-    from scripts.transforms import ImageToUint8d, Uint8ToFloatd, radiograph_loading
+    from scripts.data.cache import ImageToUint8d, Uint8ToFloatd
 
     pixels, _ = asymmetric_case(rows=300, cols=220)
     pixels = (pixels.astype(np.uint16) * 7 + np.arange(220, dtype=np.uint16)[None, :]).astype(np.uint16)  # 11 bits
     path = write_test_dicom(tmp_path / "case.dcm", pixels, jpeg_quality=None, bits_stored=12)
-    full = Compose(radiograph_loading("image"))({"image": str(path)})["image"]
-    compact = Compose(radiograph_loading("image", compact=True))({"image": str(path)})["image"]
+    full = Compose(image_loading(compact=False))({"image": str(path)})["image"]
+    compact = Compose(image_loading(compact=True))({"image": str(path)})["image"]
     assert compact.dtype == torch.uint8 and compact.shape == full.shape
     assert compact.meta["filename_or_obj"] == full.meta["filename_or_obj"]
     back = Uint8ToFloatd("image")({"image": compact})["image"]

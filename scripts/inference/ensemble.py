@@ -1,0 +1,102 @@
+"""The network inference runs: one or several checkpoints, with or without flip test-time augmentation.
+
+* :func:`load_weights`: ``weights_only=True`` loading of ``models/model.pt``-style state dicts, with errors that say
+  what is wrong with the file;
+* :class:`AveragedProbabilities`: checkpoints and/or horizontal-flip TTA averaged as probabilities, as the top SIIM
+  solutions did; it returns the logit of the mean probability, so the usual ``sigmoid`` post-processing (and
+  everything built on the raw network, like MONAI Label) stays the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from scripts.utils.errors import error_reason
+from scripts.utils.flags import switches
+
+__all__ = ["AveragedProbabilities", "load_weights"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a plain ``state_dict`` (``models/model.pt``) into ``network`` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``, with a hint on where weights come from.
+        ValueError: the file is not a state dict of this network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no weights at {path}: train the bundle first (models/model.pt), or pass --ckpt_dir / --checkpoints"
+        )
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: not a plain state_dict of tensors (refused by weights_only loading): {error_reason(error)}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit network_def: {error_reason(error)}") from error
+    return network
+
+
+class AveragedProbabilities(torch.nn.Module):
+    """Average ``sigmoid`` outputs over checkpoints and (optionally) horizontal flips; return their logit.
+
+    Args:
+        network_def: the network architecture; one copy is made per checkpoint.
+        checkpoints: paths of state dicts (``models/model.pt``), loaded with ``weights_only=True``.
+        flip_tta: also run every network on the left-right flipped input and flip the result back.
+        device, memory_format: where and in which layout the networks live.
+        eps: clamp of the mean probability before the logit, so that ``sigmoid`` gives it back in float32.
+
+    With one checkpoint and no TTA it is the network itself (its logits pass through unchanged).
+    """
+
+    @switches(flip_tta="tta")
+    def __init__(
+        self,
+        network_def: torch.nn.Module,
+        checkpoints: Sequence[str | os.PathLike],
+        flip_tta: bool = False,
+        device: str | torch.device = "cpu",
+        memory_format: torch.memory_format = torch.contiguous_format,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        if isinstance(checkpoints, (str, os.PathLike)):
+            checkpoints = [checkpoints]
+        if not checkpoints:
+            raise ValueError("AveragedProbabilities needs at least one checkpoint")
+        self.networks = torch.nn.ModuleList()
+        for path in checkpoints:
+            network = load_weights(copy.deepcopy(network_def), path, device)
+            self.networks.append(network.to(device, memory_format=memory_format).eval())
+        self.flip_tta = flip_tta
+        self.eps = eps
+        logger.info("inference with %d checkpoint(s), flip TTA %s", len(self.networks), "on" if flip_tta else "off")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.networks) == 1 and not self.flip_tta:
+            return self.networks[0](x)
+        total, count = None, 0
+        # MONAI-loaded radiographs are (cols, rows): the image's left-right axis is spatial dim 0, tensor dim 2.
+        views = [(x, None)] + ([(torch.flip(x, dims=(2,)), (2,))] if self.flip_tta else [])
+        for network in self.networks:
+            for view, flipped in views:
+                prob = torch.sigmoid(network(view).float())
+                prob = torch.flip(prob, dims=flipped) if flipped else prob
+                total = prob if total is None else total + prob
+                count += 1
+        return torch.logit(total / count, eps=self.eps)

@@ -1,0 +1,83 @@
+"""The files inference writes per image, in image orientation ``(rows, cols)`` and named by the image's SOPInstanceUID:
+
+* ``masks/<uid>.png``: the mask, 0/255 uint8, the DICOM's rows x columns;
+* ``seg/<uid>.dcm``: a DICOM Segmentation referencing the source image (positive images only,
+  ``scripts.inference.dicom_seg``);
+* ``overlays/<uid>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``).
+
+:func:`write_image_files` runs in a writer process (``scripts.inference.writer_pool``): its arguments are plain
+arrays and strings, and it returns strings, so nothing that fails to pickle crosses between processes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+
+from scripts.data.labels import MaskToRLE
+from scripts.inference.overlay import save_overlay
+from scripts.utils.errors import error_reason
+from scripts.utils.files import atomic_open
+
+__all__ = ["OUTPUT_FOLDERS", "save_png", "write_image_files"]
+
+OUTPUT_FOLDERS = ("masks", "seg", "overlays")
+_ENCODE = MaskToRLE()
+
+
+def write_image_files(
+    output_dir: str,
+    name: str,
+    source: str,
+    packed: np.ndarray,
+    shape: tuple[int, int],
+    masks: bool,
+    seg: bool,
+    overlay: np.ndarray | None,
+) -> tuple[str | None, object]:
+    """Write one image's files: the mask PNG, the DICOM SEG of a positive image, the overlay.
+
+    ``packed`` is ``np.packbits`` of the mask in MONAI's orientation ``(cols, rows)``, contiguous as the network wrote
+    it; ``shape`` the mask's ``(rows, cols)`` in image orientation; ``overlay`` the uint8 image to outline it on, or
+    None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
+    keeps its row), or ``(None, reason)`` when the mask itself could not be written.
+    """
+    try:
+        monai_mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape[::-1]).astype(bool)
+        mask = monai_mask.T
+        if masks:
+            save_png(Path(output_dir) / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+        encoded = _ENCODE(monai_mask)
+    except Exception as error:
+        return None, error_reason(error)
+    problems = []
+    if seg and mask.any():
+        problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)
+    if overlay is not None:
+        problems += _attempt("overlay", save_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+    return encoded, problems
+
+
+def _attempt(what: str, function, *args) -> list[str]:
+    try:
+        function(*args)
+    except Exception as error:
+        return [f"{what} not written: {error_reason(error)}"]
+    return []
+
+
+def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> None:
+    from scripts.inference.dicom_seg import write_segmentation
+
+    source = pydicom.dcmread(source_path, stop_before_pixels=True)
+    write_segmentation(path, source, mask)
+
+
+def save_png(path: Path, pixels: np.ndarray) -> None:
+    """A greyscale uint8 PNG, atomically."""
+    from PIL import Image
+
+    with atomic_open(path, "wb") as handle:
+        Image.fromarray(pixels.astype(np.uint8), mode="L").save(handle, format="PNG")

@@ -1,0 +1,206 @@
+"""Everything inference writes into its output folder, as one MONAI/Ignite handler.
+
+Per image, the files of ``scripts.inference.outputs`` (named by the image's ImageId made safe by
+``scripts.utils.files.safe_name``), written by ``scripts.inference.writer_pool`` processes while the engine goes
+on: the engine's thread only checks the prediction and packs it into bits.
+
+Once the run completes: ``submission.csv`` (``ImageId,EncodedPixels``, one row per image, ``-1`` when empty,
+exactly the competition's submission format), ``errors.csv`` (file, reason) and ``summary.json`` (counts,
+positives, time per image, the thresholds and checkpoints used). Every file is written atomically; an error on one
+image is recorded and the next image goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from ignite.engine import Engine, Events
+
+from scripts.data.labels import to_image_orientation
+from scripts.inference.engine import ERROR_KEY, PATH_KEY
+from scripts.inference.inputs import DicomScan, scan_dicom_inputs
+from scripts.inference.outputs import write_image_files
+from scripts.inference.writer_pool import WriterPool
+from scripts.siim import rle
+from scripts.siim.image_id import dicom_image_id
+from scripts.siim.rle_csv import write_rle_csv
+from scripts.utils.errors import error_reason
+from scripts.utils.files import atomic_open, safe_name
+from scripts.utils.flags import switches
+
+__all__ = ["InferenceWriter"]
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceWriter:
+    """Write masks, DICOM SEGs, overlays, the submission CSV, errors and a summary for a folder inference run.
+
+    Args:
+        output_dir: where everything goes (created).
+        scan: the :class:`~scripts.inference.inputs.DicomScan` the dataset was built from (for the skipped count),
+            or the input path to scan again.
+        masks, seg, overlays: which per-image outputs to write.
+        pred_key, image_key: engine output keys of the thresholded prediction and of the loaded image.
+        info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...).
+        workers: processes that write the per-image files in parallel with inference (0: the engine's thread).
+    """
+
+    @switches(masks="write_masks", seg="write_seg", overlays="write_overlays")
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        scan: DicomScan | str | os.PathLike | None = None,
+        masks: bool = True,
+        seg: bool = True,
+        overlays: bool = False,
+        pred_key: str = "pred",
+        image_key: str = "image",
+        info: dict | None = None,
+        workers: int = 0,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.scan = scan if isinstance(scan, DicomScan) or scan is None else scan_dicom_inputs(scan)
+        self.masks, self.seg, self.overlays = masks, seg, overlays
+        self.pred_key, self.image_key = pred_key, image_key
+        self.info = dict(info or {})
+        self.pool = WriterPool(write_image_files, workers=workers, output_dir=self.output_dir)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.rows: list[tuple[str, str]] = []
+        self.errors: list[tuple[str, str]] = []
+        self.failed_inputs = 0
+        self.seen: dict[str, str] = {}
+        self.seconds: list[float] = []
+        self._started = self._iteration_started = time.perf_counter()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._start_iteration)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.COMPLETED, lambda _: self.finish())
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self._abort)
+
+    def _abort(self, _: Engine, error: BaseException) -> None:
+        """The run failed: stop the writers and let the error through (Ignite re-raises only without handlers)."""
+        self.pool.close(cancel=True)
+        raise error
+
+    def _start(self, _: Engine) -> None:
+        self._reset()
+        self.pool.start()  # before the data loader starts its workers and pinning thread
+
+    def _start_iteration(self, _: Engine) -> None:
+        self._iteration_started = time.perf_counter()
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        if isinstance(output, dict) and ERROR_KEY in output:
+            for path, reason in zip(output[PATH_KEY], output[ERROR_KEY]):
+                self.errors.append((str(path), str(reason)))
+                self.failed_inputs += 1
+            return
+        for item in output if isinstance(output, list) else [output]:
+            path = str(item[self.image_key].meta.get("filename_or_obj", "?"))
+            try:
+                self.write_item(item)
+            except Exception as error:  # one image's failure must not cost the others
+                self._lose_image(path, error_reason(error))
+        self.seconds.append(time.perf_counter() - self._iteration_started)
+
+    def write_item(self, item: dict) -> None:
+        """Check one image's prediction and hand its files to the writers; its row is kept in input order.
+
+        A failure before the mask PNG is written loses the image (an error, no row); a failing SEG or overlay is
+        recorded as an error of its own and the image keeps its row and mask.
+        """
+        image = item[self.image_key]
+        meta = image.meta
+        path = str(meta.get("filename_or_obj", ""))
+        image_id = dicom_image_id(path, header=meta)
+        if image_id in self.seen:
+            raise ValueError(f"SOPInstanceUID {image_id} already came from {self.seen[image_id]}; not written twice")
+        # MONAI-loaded arrays are (cols, rows); outputs are in image orientation (rows, cols)
+        mask = to_image_orientation(item[self.pred_key] > 0.5)
+        rows, cols = int(meta.get("Rows", mask.shape[0])), int(meta.get("Columns", mask.shape[1]))
+        if mask.shape != (rows, cols):
+            raise ValueError(f"prediction shape {mask.shape} differs from the DICOM's (Rows, Columns) {(rows, cols)}")
+        self.seen[image_id] = path
+        overlay = None
+        if self.overlays:
+            overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
+        job = (
+            str(self.output_dir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
+            self.masks, self.seg, overlay,
+        )  # fmt: skip
+        self._record(self.pool.submit((image_id, path), job))
+
+    def _record(self, finished) -> None:
+        """Turn finished writes into rows and errors, in input order."""
+        for (image_id, path), (encoded, problems) in finished:
+            if encoded is None:  # the mask itself was not written: ``problems`` is the reason
+                self._lose_image(path, problems)
+                continue
+            self.rows.append((image_id, encoded))
+            for reason in problems:
+                logger.warning("%s: %s", path, reason)
+                self.errors.append((path, reason))
+
+    def _lose_image(self, path: str, reason: str) -> None:
+        """An image whose results could not be written: an error and no row."""
+        logger.warning("cannot write the results of %s: %s", path, reason)
+        self.errors.append((path, reason))
+        self.failed_inputs += 1
+
+    def finish(self) -> dict:
+        """Wait for the writers, then write ``submission.csv``, ``errors.csv`` and ``summary.json``; return the
+        summary."""
+        self._record(self.pool.drain())
+        self.pool.close()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_rle_csv(self.output_dir / "submission.csv", self.rows, style="stage2")
+        with atomic_open(self.output_dir / "errors.csv", "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["file", "reason"])
+            writer.writerows(self.errors)
+        elapsed = time.perf_counter() - self._started
+        processed = len(self.rows)
+        positives = sum(encoded != rle.EMPTY for _, encoded in self.rows)
+        summary = {
+            "dicom_files": processed + self.failed_inputs,
+            "processed": processed,
+            "positive": positives,
+            "empty": processed - positives,
+            "failed": self.failed_inputs,
+            "errors": len(self.errors),
+            "skipped_non_dicom": len(self.scan.skipped) if self.scan is not None else None,
+            "seconds_total": round(elapsed, 3),
+            "seconds_per_image": round(float(np.mean(self.seconds)), 4) if self.seconds else None,
+            "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
+            "outputs": {
+                "submission": "submission.csv",
+                "errors": "errors.csv",
+                "masks": "masks/" if self.masks else None,
+                "seg": "seg/" if self.seg else None,
+                "overlays": "overlays/" if self.overlays else None,
+            },
+            **self.info,
+        }
+        with atomic_open(self.output_dir / "summary.json", "w", encoding="utf-8") as handle:
+            json.dump(summary, handle, indent=4, default=str)
+        logger.info(
+            "%d images: %d positive, %d errors, %s non-DICOM files skipped; results in %s",
+            processed,
+            positives,
+            len(self.errors),
+            summary["skipped_non_dicom"],
+            self.output_dir,
+        )
+        return summary

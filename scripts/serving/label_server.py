@@ -1,0 +1,182 @@
+"""Serve the bundle with MONAI Label on a folder of chest-radiograph DICOMs.
+
+    python -m scripts.serving.label_server --studies /data/siim [--weights models/model.pt] [--port 8000]
+
+It prepares, under ``--workdir`` (default ``runs/label``), without copying or touching the user's files:
+
+* ``studies/``: a flat folder of symbolic links ``<ImageId>.dcm`` (``scripts.siim.image_id``: the SOPInstanceUID)
+  to every DICOM under ``--studies`` (a SIIM-layout tree or a flat folder), which is what MONAI Label's local
+  datastore reads; its ``labels/`` and
+  ``datastore_v2.json`` (MONAI Label's own files) live here too, never in the user's folder;
+* ``bundle/``: the bundle that is served: ``configs/inference.json`` and ``configs/train.json`` generated from the
+  repository's ``common.json`` + ``inference.json`` / ``train.json`` with any ``--override`` files merged in (paths
+  pointing elsewhere dropped), as the single files MONAI Label reads, ``scripts`` linked to
+  the repository's package, and ``models/model.pt`` copied once from ``--weights`` (training through MONAI Label
+  then replaces it there, and the next inference uses it).
+
+Then it replaces itself with ``monailabel start_server`` (from ``--venv``, default ``.venv-label``) on
+``127.0.0.1``, offline, so Ctrl-C or SIGTERM stops the server cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from scripts.inference.inputs import scan_dicom_inputs
+from scripts.siim.image_id import dicom_image_id
+from scripts.utils.files import safe_name
+
+__all__ = ["prepare_bundle", "prepare_studies", "server_command"]
+
+REPO = Path(__file__).resolve().parents[2]
+logger = logging.getLogger(__name__)
+MODEL_NAME = "pneumothorax"
+# ids that point at places of their own: the served bundle keeps its weights and logs inside itself
+_PATH_IDS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir")
+
+
+def prepare_studies(source: str | os.PathLike, studies: str | os.PathLike) -> dict[str, int]:
+    """Link every DICOM under ``source`` into the flat folder ``studies`` as ``<ImageId>.dcm``.
+
+    Existing links are refreshed; MONAI Label's files there (labels, datastore) are kept. Two files of one ImageId
+    keep the first (sorted) and log the other. Returns counts of linked, duplicate (not linked, logged) and non-DICOM
+    files.
+    """
+    studies = Path(studies)
+    studies.mkdir(parents=True, exist_ok=True)
+    scan = scan_dicom_inputs(source)
+    linked, duplicates = 0, 0
+    taken: dict[str, Path] = {}
+    for path in scan.files:
+        image_id = dicom_image_id(path)
+        if image_id in taken:
+            logger.warning("%s: not served: ImageId %s already comes from %s", path, image_id, taken[image_id])
+            duplicates += 1
+            continue
+        taken[image_id] = path
+        link = studies / f"{safe_name(image_id)}.dcm"
+        if link.is_symlink() or link.exists():
+            if link.is_symlink() and Path(os.readlink(link)) == path.resolve():
+                linked += 1
+                continue
+            link.unlink()
+        link.symlink_to(path.resolve())
+        linked += 1
+    return {"linked": linked, "duplicates": duplicates, "skipped": len(scan.skipped)}
+
+
+def _merged_config(name: str, overrides: list[Path]) -> dict:
+    """``configs/common.json`` + ``configs/<name>`` + the overrides that apply to it, as one config."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "configs" / "common.json"), str(REPO / "configs" / name)])
+    for override in overrides:
+        content = json.loads(Path(override).read_text())
+        for key, value in content.items():
+            parent = key.rpartition("#")[0]
+            # an override for the other config (a train-only id in inference.json) has nowhere to go
+            if key.split("#")[0] not in _PATH_IDS and (not parent or parser.get(parent) is not None):
+                parser[key] = value
+    return parser.config
+
+
+def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None, overrides: list[Path]) -> Path:
+    """Write the served bundle (see the module docstring); ``weights`` is copied only if it has no model yet."""
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle)
+    configs = bundle / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    for name in ("inference.json", "train.json"):
+        ConfigParser.export_config_file(_merged_config(name, overrides), str(configs / name), indent=4)
+    for name in ("metadata.json", "logging.conf"):
+        shutil.copyfile(REPO / "configs" / name, configs / name)
+    scripts_link = bundle / "scripts"
+    if not scripts_link.is_symlink():
+        scripts_link.symlink_to(REPO / "scripts", target_is_directory=True)
+    model = bundle / "models" / "model.pt"
+    if not model.is_file():
+        if weights is None or not Path(weights).is_file():
+            raise FileNotFoundError(
+                f"no weights to serve: {weights} does not exist (train the bundle first, or pass --weights)"
+            )
+        model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(weights, model)
+        thresholds = Path(weights).parent / "thresholds.json"
+        if thresholds.is_file():
+            shutil.copyfile(thresholds, model.parent / "thresholds.json")
+    return bundle
+
+
+def server_command(venv: Path, studies: Path, bundle: Path, host: str, port: int) -> tuple[list[str], dict]:
+    """The ``monailabel start_server`` command line and environment."""
+    env = dict(os.environ)
+    env["MONAI_LABEL_DATASTORE_FILE_EXT"] = '["*.dcm","*.nii.gz"]'
+    env["PYTHONPATH"] = os.pathsep.join([str(bundle), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    # the `monailabel` launcher is a shell script that runs whatever `python` comes first on PATH
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
+    env.pop("VIRTUAL_ENV", None)
+    command = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "monailabel.main",
+        "start_server",
+        "--app",
+        str(REPO / "label_app"),
+        "--studies",
+        str(studies),
+        "--conf",
+        "bundle_path",
+        str(bundle),
+        "--conf",
+        "zoo_source",
+        "local",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return command, env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", required=True, help="folder of DICOMs (SIIM tree or flat) or one file")
+    parser.add_argument("--weights", default=str(REPO / "models" / "model.pt"), help="state dict to serve first")
+    parser.add_argument("--override", action="append", default=[], help="config override file (repeatable)")
+    parser.add_argument("--workdir", default=str(REPO / "runs" / "label"))
+    parser.add_argument("--venv", default=str(REPO / ".venv-label"))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--prepare_only", action="store_true", help="prepare the folders, do not start the server")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    workdir = Path(args.workdir).resolve()
+    counts = prepare_studies(args.studies, workdir / "studies")
+    bundle = prepare_bundle(workdir / "bundle", args.weights, [Path(p) for p in args.override])
+    print(
+        f"studies: {counts['linked']} DICOMs linked in {workdir / 'studies'} ({counts['duplicates']} duplicate ImageIds, "
+        f"{counts['skipped']} non-DICOM files skipped); served bundle: {bundle}"
+    )
+    command, env = server_command(Path(args.venv), workdir / "studies", bundle, args.host, args.port)
+    if args.prepare_only:
+        print(" ".join(command))
+        return 0
+    if not Path(command[0]).is_file():
+        print(f"{command[0]} not found: run `make setup-label` first", file=sys.stderr)
+        return 2
+    print(f"MONAI Label on http://{args.host}:{args.port} (model '{MODEL_NAME}'); Ctrl-C stops it")
+    sys.stdout.flush()
+    os.execve(command[0], command, env)
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""The ImageId of a DICOM file: the one rule the datalist, inference and the MONAI Label server share.
+
+The challenge's CSVs name each image by its SOPInstanceUID (which is also its file name there). Files from other
+sources are often named otherwise, so the UID is read from the file; a file whose header cannot be read, or has no
+UID, is named by its file name without the extension.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pydicom
+
+__all__ = ["dicom_image_id", "file_stem"]
+
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+def file_stem(path: str | os.PathLike) -> str:
+    """The file name without a DICOM extension (``.dcm``, ``.dicom``, any case); other names are kept whole."""
+    name = Path(path).name
+    for suffix in DICOM_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def dicom_image_id(path: str | os.PathLike, header: pydicom.Dataset | Mapping | None = None) -> str:
+    """The SOPInstanceUID of the DICOM at ``path``, else its file stem.
+
+    ``header``: the file's tags when they are already read (a pydicom ``Dataset``, or MONAI metadata holding
+    ``SOPInstanceUID`` as ``scripts.data.reader.RadiographReader`` puts it), so the file is not opened again.
+    """
+    if header is None:
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+        except Exception:  # unreadable header: the file name is all there is
+            return file_stem(path)
+    uid = str(header.get("SOPInstanceUID", "") or "").strip()
+    return uid or file_stem(path)

@@ -1,0 +1,140 @@
+"""Reading and writing the SIIM-ACR annotation CSVs.
+
+Three real variants exist and all are read here:
+
+* stage-1 ``train-rle.csv``: header ``ImageId, EncodedPixels`` where the second name and every value start with a
+  space (`` -1``, `` 175349 7 1013 12 ...``);
+* stage-2 ``stage_2_train.csv``: header ``ImageId,EncodedPixels``, no spaces;
+* the official ``train-rle-sample.csv``: UTF-8 byte-order mark and no header.
+
+An image with several pneumothorax regions has one row per annotation; ``-1`` means no pneumothorax.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scripts.siim.rle import EMPTY, parse_runs
+from scripts.utils.files import atomic_open
+
+logger = logging.getLogger(__name__)
+
+HEADER = ("ImageId", "EncodedPixels")
+CSV_STYLES = ("stage1", "stage2")
+
+__all__ = ["SiimAnnotations", "read_rle_csv", "rows_from_annotations", "write_rle_csv"]
+
+
+@dataclass
+class SiimAnnotations:
+    """What a SIIM CSV says: ImageId -> the list of its annotation RLE strings (empty list = no pneumothorax).
+
+    ``problems`` lists, one line each, what was wrong in the file and what was done about it.
+    """
+
+    path: Path
+    annotations: dict[str, list[str]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def positive_ids(self) -> list[str]:
+        return [image_id for image_id, rles in self.annotations.items() if rles]
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+
+def read_rle_csv(path: str | os.PathLike) -> SiimAnnotations:
+    """Read any of the three SIIM CSV variants.
+
+    Several rows of one ImageId are gathered (to be combined by union). Nothing is dropped silently: an image
+    whose rows mix ``-1`` with annotations keeps its annotations, a repeated identical row is kept once, and an
+    unparseable row (wrong column count, empty ImageId, malformed RLE) is skipped; each is reported in
+    ``problems`` with its line number, and logged as a warning.
+
+    Raises:
+        ValueError: if the file is not a SIIM annotation CSV at all (a header with other column names).
+        FileNotFoundError: if ``path`` does not exist.
+    """
+    path = Path(path)
+    result = SiimAnnotations(path=path)
+    seen_rows: set[tuple[str, str]] = set()
+    says_empty: set[str] = set()
+    # utf-8-sig strips the byte-order mark of the official sample file.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        for line_number, row in enumerate(csv.reader(handle), start=1):
+            cells = [cell.strip() for cell in row]
+            if line_number == 1 and cells and cells[0] == HEADER[0]:
+                if tuple(cells) != HEADER:
+                    raise ValueError(f"{path}: line 1: header {row} is not {list(HEADER)}")
+                continue
+            if not any(cells):
+                continue
+            problem = _row_problem(cells)
+            if problem:
+                _report(result, f"{path}:{line_number}: {problem}; row skipped")
+                continue
+            image_id, rle = cells
+            if (image_id, rle) in seen_rows:
+                _report(result, f"{path}:{line_number}: duplicate row for {image_id}; kept once")
+                continue
+            seen_rows.add((image_id, rle))
+            rles = result.annotations.setdefault(image_id, [])
+            if rle == EMPTY:
+                says_empty.add(image_id)
+            else:
+                rles.append(rle)
+    for image_id in sorted(says_empty):
+        if result.annotations[image_id]:
+            _report(
+                result,
+                f"{path}: {image_id} has both -1 and {len(result.annotations[image_id])} annotation(s);"
+                " the annotations are kept",
+            )
+    return result
+
+
+def write_rle_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]], style: str = "stage2") -> None:
+    """Write ``(ImageId, EncodedPixels)`` rows atomically in the ``stage1`` or ``stage2`` layout.
+
+    ``stage1`` reproduces ``train-rle.csv``: a space before the second header name and before every value.
+    ``stage2`` is plain CSV, which is also the competition's submission format.
+    """
+    if style not in CSV_STYLES:
+        raise ValueError(f"unknown SIIM CSV style {style!r}; expected one of {CSV_STYLES}")
+    prefix = " " if style == "stage1" else ""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow([HEADER[0], prefix + HEADER[1]])
+        for image_id, rle in rows:
+            writer.writerow([image_id, prefix + rle])
+
+
+def rows_from_annotations(annotations: Mapping[str, list[str]]) -> list[tuple[str, str]]:
+    """One CSV row per annotation, ``-1`` for an image without any, in the mapping's order."""
+    return [(image_id, rle) for image_id, rles in annotations.items() for rle in (rles or [EMPTY])]
+
+
+def _row_problem(cells: list[str]) -> str | None:
+    if len(cells) != 2:
+        return f"expected 2 columns (ImageId, EncodedPixels), found {len(cells)}"
+    image_id, rle = cells
+    if not image_id:
+        return "empty ImageId"
+    if not rle:
+        return f"empty EncodedPixels for {image_id} (use -1 for no pneumothorax)"
+    try:
+        parse_runs(rle)
+    except ValueError as error:
+        return f"malformed EncodedPixels for {image_id}: {error}"
+    return None
+
+
+def _report(result: SiimAnnotations, message: str) -> None:
+    result.problems.append(message)
+    logger.warning(message)

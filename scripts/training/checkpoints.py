@@ -1,0 +1,152 @@
+"""Checkpoints of a training run: the best model for users, the full state for resuming.
+
+* :class:`BestModelSaver` (attached to the validator) writes ``models/model.pt``, a plain ``state_dict`` that
+  loads with ``torch.load(weights_only=True)``, whenever the key metric improves, plus a small JSON record of the
+  score and epoch beside it.
+* :class:`TrainingCheckpoint` (attached to the trainer) writes ``<ckpt_dir>/checkpoint.pt`` after every epoch:
+  network, optimizer, LR scheduler, AMP grad scaler, the trainer's epoch and iteration, and the random number
+  generator states. With ``resume=True`` it loads that file when training starts, so a killed run continues from
+  its last completed epoch (``python -m monai.bundle run ... --resume true``).
+
+Writes are atomic (temporary file + rename) and happen on rank 0 only, so a kill mid-write never leaves a
+truncated checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from scripts.utils.distributed import is_main_process, unwrap
+from scripts.utils.files import atomic_open
+from scripts.utils.flags import switches
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["BestModelSaver", "TrainingCheckpoint"]
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    with atomic_open(path, "wb") as handle:
+        torch.save(obj, handle)
+
+
+class BestModelSaver:
+    """Save the network's weights whenever the validator's ``metric_name`` improves (higher is better).
+
+    Args:
+        network: the trained network (wrappers are removed before saving).
+        path: weights file, e.g. ``models/model.pt``.
+        metric_name: a metric of the validator; default its key metric.
+        resume: continue an earlier run: start from the best score recorded beside ``path`` instead of from none,
+            so a resumed run never replaces a better model with a worse one.
+    """
+
+    @switches(resume="resume")
+    def __init__(self, network: torch.nn.Module, path: str | os.PathLike, metric_name: str | None = None, resume: bool = False):
+        self.network, self.path, self.metric_name = network, Path(path), metric_name
+        self.record_path = self.path.with_suffix(".json")
+        self.best = -float("inf")
+        if resume and self.record_path.is_file():
+            self.best = float(json.loads(self.record_path.read_text())["score"])
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        name = self.metric_name or getattr(engine.state, "key_metric_name", None)
+        if name is None or name not in engine.state.metrics:
+            raise KeyError(f"BestModelSaver: metric {name!r} not among the validator's {sorted(engine.state.metrics)}")
+        score = float(engine.state.metrics[name])
+        if not score > self.best:  # also skips NaN
+            return
+        self.best = score
+        if not is_main_process():
+            return
+        state = {key: value.detach().cpu() for key, value in unwrap(self.network).state_dict().items()}
+        _atomic_torch_save(state, self.path)
+        with atomic_open(self.record_path, "w", encoding="utf-8") as handle:
+            json.dump({"metric": name, "score": score, "epoch": engine.state.epoch}, handle, indent=4)
+        logger.info("new best %s %.4f at epoch %d: saved %s", name, score, engine.state.epoch, self.path)
+
+
+class TrainingCheckpoint:
+    """Save everything needed to resume training after each ``save_interval`` epochs; optionally resume.
+
+    Args:
+        ckpt_dir: folder of ``checkpoint.pt``.
+        objects: name -> object with ``state_dict()`` / ``load_state_dict()`` (network, optimizer, lr_scheduler).
+            The trainer's AMP grad scaler is added by itself when the trainer has one.
+        resume: load ``checkpoint.pt`` when the trainer starts (it must exist).
+        save_interval: epochs between saves.
+    """
+
+    filename = "checkpoint.pt"
+
+    @switches(resume="resume")
+    def __init__(self, ckpt_dir: str | os.PathLike, objects: Mapping[str, object], resume: bool = False, save_interval: int = 1):
+        self.path = Path(ckpt_dir) / self.filename
+        self.objects = dict(objects)
+        self.resume = resume
+        self.save_interval = save_interval
+        if resume and not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no checkpoint to resume from")
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load)
+
+    def _stateful(self, engine: Engine) -> dict[str, object]:
+        objects = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj) for name, obj in self.objects.items()}
+        scaler = getattr(engine, "scaler", None)
+        if scaler is not None:
+            objects["scaler"] = scaler
+        return objects
+
+    def save(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        numpy_state = np.random.get_state()
+        checkpoint = {name: obj.state_dict() for name, obj in self._stateful(engine).items()}
+        checkpoint["trainer"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+            "python": random.getstate(),
+        }
+        _atomic_torch_save(checkpoint, self.path)
+        logger.info("epoch %d: saved %s", engine.state.epoch, self.path)
+
+    def load(self, engine: Engine) -> None:
+        try:
+            checkpoint = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{self.path}: cannot read the training checkpoint: {error}") from error
+        for name, obj in self._stateful(engine).items():
+            if name not in checkpoint:
+                raise KeyError(f"{self.path}: holds no {name!r} state (it has {sorted(checkpoint)})")
+            obj.load_state_dict(checkpoint[name])
+        engine.state.epoch = int(checkpoint["trainer"]["epoch"])
+        engine.state.iteration = int(checkpoint["trainer"]["iteration"])
+        rng = checkpoint["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        name, keys, *rest = rng["numpy"]
+        np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+        random.setstate(_as_tuples(rng["python"]))
+        logger.info("resumed from %s after epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
+
+
+def _as_tuples(value):
+    return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value

@@ -1,0 +1,61 @@
+"""Writing files safely: atomic replacement, and file names derived from identifiers that stay inside their folder."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_open", "safe_name"]
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success it is flushed, fsynced and renamed over ``path``.
+
+    A reader sees the old file or the complete new one, never a truncated one. On an exception the temporary file
+    is removed and ``path`` is left untouched.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files only (mode 'w' or 'wb'), got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the usual permissions
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def safe_name(identifier: str, max_length: int = 128) -> str:
+    """A file name derived from ``identifier`` (a SOPInstanceUID, normally) that stays inside its folder.
+
+    UIDs (digits and dots) are kept as they are. Anything else is reduced to ``[A-Za-z0-9._-]``, leading dots are
+    dropped (no ``..`` or hidden files), and a short hash of the original is appended whenever something was
+    changed, so that two different identifiers never share a name.
+    """
+    cleaned = _UNSAFE.sub("_", str(identifier)).lstrip(".")
+    if cleaned == identifier and 0 < len(cleaned) <= max_length:
+        return cleaned
+    digest = hashlib.sha1(str(identifier).encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{cleaned[: max_length - 13]}_{digest}" if cleaned else digest
