@@ -70,7 +70,8 @@ test-quick: $(VENV)/.dev-installed
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # MONAI Label server on STUDIES (a SIIM tree or a flat folder of DICOMs) serving WEIGHTS, on 127.0.0.1:PORT.
-# For the demo model: make label-server WEIGHTS=demo/models/model.pt LABEL_ARGS="--override configs/demo.json"
+# For the demo model: make label-server WEIGHTS=demo/models/model.pt LABEL_ARGS="--override configs/demo.json \
+#     --override configs/demo_train.json --override configs/demo_inference.json"
 label-server: $(VENV)/.runtime-installed $(LABEL_VENV)/.installed
 	PYTHONPATH=. $(PY) -m scripts.serving.label_server --studies $(STUDIES) --weights $(WEIGHTS) --port $(PORT) $(LABEL_ARGS)
 

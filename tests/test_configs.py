@@ -60,14 +60,14 @@ def test_only_the_prepare_batch_of_training_augments():
     assert torch.equal(out_image, image.float() / 255.0) and torch.equal(out_label, (image > 128).float())
 
 
-def test_reporting_handlers_are_dropped_on_other_ranks_by_type_not_position(monkeypatch):
+def test_reporting_handlers_are_dropped_on_other_ranks_by_type_not_position(monkeypatch, tmp_path):
     class Validation:  # stands for ValidationHandler, EarlyStopHandler, the checkpoint handlers: kept everywhere
         pass
 
     class MyStats(StatsHandler):  # a subclass still reports
         pass
 
-    handlers = [StatsHandler(), Validation(), TensorBoardStatsHandler(log_dir="unused"), ProgressBar(), MyStats()]
+    handlers = [StatsHandler(), Validation(), TensorBoardStatsHandler(log_dir=str(tmp_path)), ProgressBar(), MyStats()]
     assert handlers_for_this_rank(handlers) == handlers
     monkeypatch.setattr("scripts.utils.distributed.is_main_process", lambda: False)
     assert handlers_for_this_rank(handlers) == [handlers[1]]
@@ -90,3 +90,19 @@ def test_a_metadata_file_without_a_version_is_refused_by_name(tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps({"name": "x"}))
     with pytest.raises(ValueError, match="metadata.json: no version"):
         bundle_identity(tmp_path / "metadata.json")
+
+
+def test_inference_prefers_the_tuned_thresholds_and_an_explicit_override_beats_both(tmp_path):
+    (tmp_path / "thresholds.json").write_text(json.dumps({"top": 0.6, "min_area": 1000, "bottom": 0.4}))
+
+    def used(**overrides):
+        parser = read(COMMON, "configs/inference.json")
+        parser.update({"ckpt_dir": str(tmp_path), **overrides})
+        return parser.get_parsed_content("postprocessing").transforms[1].threshold.triplet
+
+    assert (used().top, used().min_area, used().bottom) == (0.6, 1000, 0.4)
+    assert used(triplet={"top": 0.9, "min_area": 0, "bottom": 0.5}).top == 0.6  # only the fallback
+    forced = used(thresholds={"top": 0.9, "min_area": 0, "bottom": 0.5, "min_component": 0})
+    assert (forced.top, forced.min_area, forced.bottom) == (0.9, 0, 0.5)
+    (tmp_path / "thresholds.json").unlink()
+    assert used().top == 0.75 and used(triplet={"top": 0.9, "min_area": 0, "bottom": 0.5}).top == 0.9

@@ -174,3 +174,29 @@ def test_a_file_that_is_not_a_datalist_is_named_in_the_error(tmp_path):
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(ValueError, match="broken.json: cannot read the datalist"):
         read_datalist(tmp_path / "broken.json")
+
+
+def test_a_decathlon_label_given_as_one_rle_string_stays_an_rle_string(tmp_path):
+    (tmp_path / "list.json").write_text(
+        json.dumps({"training": [{"image": "a.dcm", "label": "175349 7 1013 12"}], "validation": []})
+    )
+    (item,) = load_fold(None, datalist_file=tmp_path / "list.json")["training"]
+    assert item["label"] == "175349 7 1013 12" and item["positive"] is True
+
+
+def test_a_decathlon_list_without_validation_is_split_by_its_folds(tmp_path):
+    items = [{"image": f"{i}.dcm", "label": ["-1"], "fold": i % 2} for i in range(4)]
+    (tmp_path / "list.json").write_text(json.dumps({"training": items}))
+    lists = load_fold(None, fold=1, datalist_file=tmp_path / "list.json")
+    assert [Path(i["image"]).name for i in lists["validation"]] == ["1.dcm", "3.dcm"]
+    (tmp_path / "nofold.json").write_text(json.dumps({"training": [{"image": "a.dcm", "label": ["-1"]}]}))
+    with pytest.raises(ValueError, match="nofold.json: no 'validation' list"):
+        load_fold(None, datalist_file=tmp_path / "nofold.json")
+
+
+def test_a_datalist_written_before_paths_were_relative_to_the_file_keeps_its_paths(tmp_path):
+    """Version 0.2 wrote paths as given on its command line (relative to where it ran)."""
+    (tmp_path / "lists").mkdir()
+    old = {"n_folds": 2, "seed": 0, "items": [{"image": "siim/a.dcm", "label": [], "positive": False, "fold": 0}]}
+    (tmp_path / "lists" / "datalist.json").write_text(json.dumps(old))
+    assert read_datalist(tmp_path / "lists" / "datalist.json")["items"][0]["image"] == "siim/a.dcm"

@@ -41,3 +41,13 @@ def test_inference_and_the_label_server_name_a_renamed_file_by_its_uid(tmp_path)
     write_test_dicom(tmp_path / "in" / "IM0001.dcm", PIXELS, sop_instance_uid="1.2.3.4.5", jpeg_quality=None)
     counts = prepare_studies(tmp_path / "in", tmp_path / "studies")
     assert counts["linked"] == 1 and [p.name for p in (tmp_path / "studies").iterdir()] == ["1.2.3.4.5.dcm"]
+
+
+def test_the_label_server_does_not_serve_a_file_whose_header_cannot_be_read(tmp_path):
+    from scripts.serving.label_server import prepare_studies
+
+    write_test_dicom(tmp_path / "in" / "good.dcm", PIXELS, sop_instance_uid="1.2.3.4.5", jpeg_quality=None)
+    (tmp_path / "in" / "broken.dcm").write_text("not a dicom")
+    counts = prepare_studies(tmp_path / "in", tmp_path / "studies")
+    assert counts["linked"] == 1 and counts["unreadable"] == 1
+    assert [p.name for p in (tmp_path / "studies").iterdir()] == ["1.2.3.4.5.dcm"]

@@ -472,3 +472,17 @@ def test_images_in_flight_to_the_writers_stay_bounded(tmp_path):
         writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
         assert writer.pool.in_flight() <= 4
     assert writer.finish()["processed"] == 8
+
+
+def test_the_writer_pool_bounds_its_backlog_and_returns_results_in_order_whoever_calls_it(tmp_path):
+    from scripts.inference.writer_pool import WriterPool
+
+    pool = WriterPool(abs, workers=2, backlog=4)
+    pool.start()
+    returned = []
+    for i in range(20):
+        returned += pool.submit(i, (-i,))  # results handed back by submit itself, not by a lazy generator
+        assert pool.in_flight() <= 8
+    returned += list(pool.drain())
+    pool.close()
+    assert returned == [(i, i) for i in range(20)]

@@ -78,7 +78,7 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m scripts.benchmark", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "runs" / "benchmark"))
     parser.add_argument("--data", default=None, help="a SIIM-layout folder (default: generate one)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the benchmark runs, measures little")

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
+from scripts.utils.metadata import BUNDLE_ROOT as REPO
+
 __all__ = ["REPO", "bundle_config", "calls_per_second", "config_files", "peak_gib", "reset_peak", "sync"]
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":

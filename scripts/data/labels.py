@@ -25,11 +25,9 @@ from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_numpy
 
 from scripts.siim import rle
+from scripts.siim.datalist import LABEL_FILE_SUFFIXES
 
-#: Label files a training item's ``label`` may name instead of RLE strings (MONAI Label's saved labels).
-LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
-
-__all__ = ["to_image_orientation", "LabelToMaskd", "RLEToMask", "RLEToMaskd", "MaskToRLE", "LABEL_FILE_SUFFIXES"]
+__all__ = ["to_image_orientation", "LabelToMaskd", "RLEToMask", "RLEToMaskd", "MaskToRLE"]
 
 
 class RLEToMask(Transform):

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
 
+from scripts.utils.flags import switches
+
 __all__ = ["PositiveShareSampler", "SeededDataset", "positive_share"]
 
 
@@ -46,6 +48,7 @@ class PositiveShareSampler(DistributedSampler):
             the epoch.
     """
 
+    @switches(keyed="keyed")
     def __init__(
         self,
         data: Sequence,

@@ -1,9 +1,10 @@
-"""The files inference writes per image, in image orientation ``(rows, cols)`` and named by the image's SOPInstanceUID:
+"""The files inference writes per image, in image orientation ``(rows, cols)`` and named by the image's ImageId
+(``scripts.siim.image_id``: its SOPInstanceUID):
 
-* ``masks/<uid>.png``: the mask, 0/255 uint8, the DICOM's rows x columns;
-* ``seg/<uid>.dcm``: a DICOM Segmentation referencing the source image (positive images only,
+* ``masks/<ImageId>.png``: the mask, 0/255 uint8, the DICOM's rows x columns;
+* ``seg/<ImageId>.dcm``: a DICOM Segmentation referencing the source image (positive images only,
   ``scripts.inference.dicom_seg``);
-* ``overlays/<uid>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``).
+* ``overlays/<ImageId>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``).
 
 :func:`write_image_files` runs in a writer process (``scripts.inference.writer_pool``): its arguments are plain
 arrays and strings, and it returns strings, so nothing that fails to pickle crosses between processes.

@@ -25,7 +25,7 @@ from ignite.engine import Engine, Events
 from scripts.data.labels import to_image_orientation
 from scripts.inference.engine import ERROR_KEY, PATH_KEY
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
-from scripts.inference.outputs import write_image_files
+from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
 from scripts.inference.writer_pool import WriterPool
 from scripts.siim import rle
 from scripts.siim.image_id import dicom_image_id
@@ -70,7 +70,8 @@ class InferenceWriter:
         self.masks, self.seg, self.overlays = masks, seg, overlays
         self.pred_key, self.image_key = pred_key, image_key
         self.info = dict(info or {})
-        self.pool = WriterPool(write_image_files, workers=workers, output_dir=self.output_dir)
+        folders = [self.output_dir / folder for folder in OUTPUT_FOLDERS]
+        self.pool = WriterPool(write_image_files, workers=workers, temp_folders=folders)
         self._reset()
 
     def _reset(self) -> None:

@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import sys
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -25,24 +25,25 @@ logger = logging.getLogger(__name__)
 class WriterPool:
     """Run ``function(*job)`` for each submitted job in ``workers`` processes (0: in the calling thread).
 
-    :meth:`submit` keeps at most ``backlog`` jobs per worker in flight; :meth:`drain` gives back ``(tag, result)``
-    pairs in submission order. Start it (:meth:`start`) before the data loader forks its own workers.
+    :meth:`submit` keeps at most ``backlog`` jobs per worker in flight and returns the ``(tag, result)`` pairs of the
+    jobs that left; :meth:`drain` gives back the rest, all in submission order. Start it (:meth:`start`) before the
+    data loader forks its own workers.
 
     Args:
         function: a module-level function (it crosses to the processes by name); what it returns must pickle.
         workers: writer processes.
-        output_dir: where the jobs write; stale temporary files (``.*.tmp``) of writes cut short by a dead process
-            are removed from its subfolders.
+        temp_folders: where the jobs write; stale temporary files (``.*.tmp``, as ``atomic_open`` names them) of
+            writes cut short by a dead process are removed from them.
         backlog: jobs in flight per worker before :meth:`submit` waits for the oldest.
     """
 
-    def __init__(self, function: Callable, workers: int, output_dir: str | Path, backlog: int = 4) -> None:
+    def __init__(self, function: Callable, workers: int, temp_folders: Sequence[str | Path] = (), backlog: int = 4) -> None:
         if int(workers) < 0:
             raise ValueError(f"writer workers must be >= 0, got {workers}")
         self.function = function
         self.requested_workers = int(workers)
         self.workers = self.requested_workers
-        self.output_dir = Path(output_dir)
+        self.temp_folders = [Path(folder) for folder in temp_folders]
         self.backlog = backlog
         self._executor: ProcessPoolExecutor | None = None
         self._pending: deque[tuple[object, tuple, Future | object]] = deque()  # (tag, job, result), submission order
@@ -66,8 +67,9 @@ class WriterPool:
             self._executor.shutdown(wait=True, cancel_futures=cancel)
             self._executor = None
 
-    def submit(self, tag: object, job: tuple) -> Iterator[tuple[object, object]]:
-        """Queue ``job``; yields the ``(tag, result)`` of earlier jobs that are finished or must be waited for."""
+    def submit(self, tag: object, job: tuple) -> list[tuple[object, object]]:
+        """Queue ``job``; returns the ``(tag, result)`` of earlier jobs that finished or had to be waited for, so that
+        at most ``backlog`` per worker stay in flight."""
         self._open()
         result: Future | object | None = None
         if self._executor is not None:
@@ -76,7 +78,7 @@ class WriterPool:
             except BrokenProcessPool:
                 self._lose_processes()
         self._pending.append((tag, job, result if result is not None else self.function(*job)))
-        return self.drain(keep=self.backlog * self.workers)
+        return list(self.drain(keep=self.backlog * self.workers))
 
     def drain(self, keep: int = 0) -> Iterator[tuple[object, object]]:
         """``(tag, result)`` of finished jobs in submission order, waiting until at most ``keep`` are in flight (so a
@@ -103,5 +105,6 @@ class WriterPool:
             logger.warning("a writer process died: the remaining files are written in the main process")
             self._executor.shutdown(wait=True, cancel_futures=True)  # the executor has ended its other processes
             self._executor, self.workers = None, 0
-            for stale in self.output_dir.glob("*/.*.tmp"):
-                stale.unlink(missing_ok=True)
+            for folder in self.temp_folders:
+                for stale in folder.glob(".*.tmp"):
+                    stale.unlink(missing_ok=True)

@@ -28,33 +28,42 @@ import shutil
 import sys
 from pathlib import Path
 
+import pydicom
+
 from scripts.inference.inputs import scan_dicom_inputs
 from scripts.siim.image_id import dicom_image_id
 from scripts.utils.files import safe_name
+from scripts.utils.metadata import BUNDLE_ROOT
 
 __all__ = ["prepare_bundle", "prepare_studies", "server_command"]
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = BUNDLE_ROOT
 logger = logging.getLogger(__name__)
 MODEL_NAME = "pneumothorax"
 # ids that point at places of their own: the served bundle keeps its weights and logs inside itself
-_PATH_IDS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir")
+_PATH_IDS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist_file")
 
 
 def prepare_studies(source: str | os.PathLike, studies: str | os.PathLike) -> dict[str, int]:
     """Link every DICOM under ``source`` into the flat folder ``studies`` as ``<ImageId>.dcm``.
 
-    Existing links are refreshed; MONAI Label's files there (labels, datastore) are kept. Two files of one ImageId
-    keep the first (sorted) and log the other. Returns counts of linked, duplicate (not linked, logged) and non-DICOM
-    files.
+    Existing links are refreshed; MONAI Label's files there (labels, datastore) are kept. A file whose header cannot
+    be read is not served; two files of one ImageId keep the first (sorted). Returns counts of linked, unreadable and
+    duplicate (not linked, logged) and non-DICOM files.
     """
     studies = Path(studies)
     studies.mkdir(parents=True, exist_ok=True)
     scan = scan_dicom_inputs(source)
-    linked, duplicates = 0, 0
+    linked, unreadable, duplicates = 0, 0, 0
     taken: dict[str, Path] = {}
     for path in scan.files:
-        image_id = dicom_image_id(path)
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # a broken file must not keep the others out of the datastore
+            logger.warning("%s: not served: %s", path, error)
+            unreadable += 1
+            continue
+        image_id = dicom_image_id(path, header=header)
         if image_id in taken:
             logger.warning("%s: not served: ImageId %s already comes from %s", path, image_id, taken[image_id])
             duplicates += 1
@@ -68,7 +77,7 @@ def prepare_studies(source: str | os.PathLike, studies: str | os.PathLike) -> di
             link.unlink()
         link.symlink_to(path.resolve())
         linked += 1
-    return {"linked": linked, "duplicates": duplicates, "skipped": len(scan.skipped)}
+    return {"linked": linked, "unreadable": unreadable, "duplicates": duplicates, "skipped": len(scan.skipped)}
 
 
 def _merged_config(name: str, overrides: list[Path]) -> dict:
@@ -162,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = prepare_studies(args.studies, workdir / "studies")
     bundle = prepare_bundle(workdir / "bundle", args.weights, [Path(p) for p in args.override])
     print(
-        f"studies: {counts['linked']} DICOMs linked in {workdir / 'studies'} ({counts['duplicates']} duplicate ImageIds, "
+        f"studies: {counts['linked']} DICOMs linked in {workdir / 'studies'} ({counts['unreadable']} unreadable, {counts['duplicates']} duplicate ImageIds, "
         f"{counts['skipped']} non-DICOM files skipped); served bundle: {bundle}"
     )
     command, env = server_command(Path(args.venv), workdir / "studies", bundle, args.host, args.port)

@@ -35,6 +35,11 @@ TRAIN_IMAGE_DIR = "dicom-images-train"
 CSV_NAMES = ("train-rle.csv", "stage_2_train.csv", "train-rle-sample.csv")
 DEFAULT_N_FOLDS = 5
 DEFAULT_SEED = 0
+#: Label files a training item's ``label`` may name instead of RLE strings (MONAI Label's saved labels).
+LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".png")
+#: How :func:`write_datalist` marks that its paths are relative to the file (files of version 0.2 were relative to
+#: the folder training ran from).
+PATHS_KEY = "paths_relative_to"
 
 __all__ = [
     "DatalistReport",
@@ -160,16 +165,18 @@ def write_datalist(path: str | os.PathLike, items: list[dict], report: DatalistR
     """
     folder = Path(path).resolve().parent
     items = [{**item, "image": os.path.relpath(Path(item["image"]).resolve(), folder)} for item in items]
+    content = {"n_folds": n_folds, "seed": seed, PATHS_KEY: "file", "items": items, "report": report.lines()}
     with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump({"n_folds": n_folds, "seed": seed, "items": items, "report": report.lines()}, handle, indent=1)
+        json.dump(content, handle, indent=1)
 
 
 def read_datalist(path: str | os.PathLike) -> dict:
     """A datalist file: the one :func:`write_datalist` writes (``items`` with folds, ``n_folds``, ``seed``), or a
     Decathlon-style ``{"training": [...], "validation": [...]}`` as MONAI's ``load_decathlon_datalist`` reads.
 
-    Relative image paths (and label file paths) are taken from the file's folder, as MONAI does. Items whose label is
-    a list of RLE strings get ``positive`` when they lack it, for the positive-share sampler.
+    Relative image paths (and label file paths: a label string ending in a label-file suffix) are taken from the
+    file's folder, as MONAI does; a datalist of version 0.2 (without ``paths_relative_to``) keeps its paths as
+    written. Items whose label is RLE strings get ``positive`` when they lack it, for the positive-share sampler.
 
     Raises:
         ValueError: not a datalist, naming the file.
@@ -182,20 +189,24 @@ def read_datalist(path: str | os.PathLike) -> dict:
     if not isinstance(content, dict) or not ({"items"} <= set(content) or {"training"} <= set(content)):
         raise ValueError(f"{path}: a datalist has 'items' (scripts.siim.datalist) or 'training' (Decathlon style)")
     lists = ("items",) if "items" in content else tuple(key for key in ("training", "validation") if key in content)
+    base = path.parent if "training" in content or content.get(PATHS_KEY) == "file" else Path()
     out = dict(content)
     for key in lists:
-        out[key] = [_resolved_item(item, path.parent) for item in content[key]]
+        out[key] = [_resolved_item(item, base, path) for item in content[key]]
     return out
 
 
-def _resolved_item(item: dict, base: Path) -> dict:
+def _resolved_item(item: dict, base: Path, source: Path) -> dict:
+    if not isinstance(item, dict) or "image" not in item:
+        raise ValueError(f"{source}: datalist item without an image: {str(item)[:80]}")
     item = dict(item)
     item["image"] = str(base / item["image"])  # an absolute image path stays as it is
     label = item.get("label")
-    if isinstance(label, str) and label.strip() != EMPTY:
+    if isinstance(label, str) and label.lower().endswith(LABEL_FILE_SUFFIXES):
         item["label"] = str(base / label)
-    if "positive" not in item and isinstance(label, list):
-        item["positive"] = any(rle.strip() != EMPTY for rle in label)
+    elif "positive" not in item and isinstance(label, (str, list)):
+        rles = [label] if isinstance(label, str) else label
+        item["positive"] = any(rle.strip() != EMPTY for rle in rles)
     return item
 
 
@@ -211,7 +222,8 @@ def load_fold(
 
     From ``datalist_file`` when one is given (its folds are the truth: ``n_folds`` and ``seed``, when given, must be
     the ones it was made with), otherwise built from the SIIM-layout ``data_dir`` (default 5 folds, seed 0). A
-    Decathlon-style file gives its own ``training`` and ``validation`` lists.
+    Decathlon-style file gives its own ``training`` and ``validation`` lists; without a ``validation`` list, its
+    items' ``fold`` keys split it.
 
     Raises:
         ValueError: ``n_folds`` or ``seed`` contradict the file, naming both.
@@ -229,7 +241,12 @@ def load_fold(
         return {"training": training, "validation": validation}
     content = read_datalist(datalist_file)
     if "items" not in content:
-        return {"training": content["training"], "validation": content.get("validation", [])}
+        if "validation" in content:
+            return {"training": content["training"], "validation": content["validation"]}
+        if not all("fold" in item for item in content["training"]):
+            raise ValueError(f"{datalist_file}: no 'validation' list, and not every training item has a 'fold'")
+        training, validation = split_fold(content["training"], fold)
+        return {"training": training, "validation": validation}
     for name, asked in (("n_folds", n_folds), ("seed", seed)):
         if asked is not None and content.get(name) is not None and int(asked) != int(content[name]):
             raise ValueError(

@@ -13,6 +13,7 @@ from scripts.synthetic.dataset import POSITIVE_SHARE, generate_dataset
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
+        prog="python -m scripts.synthetic",
         description="Write a synthetic dataset in the exact SIIM-ACR format (DICOM tree + train-rle.csv)."
     )
     parser.add_argument("--out", required=True, help="output folder")

@@ -17,6 +17,7 @@ from monai.engines.utils import PrepareBatch
 
 from scripts.data.cache import unpack_mask
 from scripts.training.augmentation import PARAMS_KEY, augment_batch
+from scripts.utils.flags import switches
 
 __all__ = ["AugmentOnDevice", "ConvertOnDevice"]
 
@@ -32,6 +33,7 @@ class ConvertOnDevice(PrepareBatch):
             and is unpacked on the device.
     """
 
+    @switches(packed_label="packed_label")
     def __init__(self, image_key: str = "image", label_key: str = "label", packed_label: bool = False) -> None:
         self.image_key, self.label_key = image_key, label_key
         self.packed_label = packed_label

@@ -9,8 +9,9 @@ import torch.distributed as dist
 
 __all__ = ["is_main_process", "unwrap", "handlers_for_this_rank", "REPORTING_HANDLERS"]
 
-#: Handlers that only report (console, TensorBoard, progress bar, metric files): rank 0 runs them for everyone.
-REPORTING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "MetricsSaver", "MLFlowHandler")
+#: Handlers that only report (console, TensorBoard, progress bar, MLflow): rank 0 runs them for everyone. Not
+#: ``MetricsSaver``: it gathers from every rank (and writes on rank 0 by itself), so all ranks must run it.
+REPORTING_HANDLERS = ("StatsHandler", "TensorBoardStatsHandler", "ProgressBar", "MLFlowHandler")
 
 
 def is_main_process() -> bool:
@@ -33,8 +34,8 @@ def handlers_for_this_rank(handlers: Sequence) -> list:
     """``handlers`` on rank 0; on other ranks without the reporting ones (:data:`REPORTING_HANDLERS`), chosen by
     type, so the lists in ``train.json`` can change without ``multi_gpu_train.json`` dropping the wrong one.
 
-    Handlers that must run everywhere (LR schedule, validation, early stopping, checkpoints: they write on rank 0
-    only by themselves) are kept.
+    Handlers that must run everywhere (LR schedule, validation, early stopping, checkpoints and ``MetricsSaver``:
+    they write on rank 0 only by themselves) are kept.
     """
     if is_main_process():
         return list(handlers)

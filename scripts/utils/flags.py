@@ -5,7 +5,7 @@ string ``"false"`` is truthy. The rule: a switch is converted once, where it ent
 
 * The bundle's own components declare their switches with :func:`switches`: the constructor body only ever sees
   the converted bools, so a raw ``"false"`` cannot be tested by mistake.
-* MONAI's classes (the engines' ``amp`` and ``compile``) get ``"$as_flag(@amp)"`` in the one config line that
+* MONAI's classes (the engines' ``amp`` and ``compile``) get ``"$as_flag(@amp, 'amp')"`` in the config line that
   passes the switch to them.
 """
 

@@ -8,10 +8,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BundleIdentity", "bundle_identity", "METADATA_FILE"]
+__all__ = ["BUNDLE_ROOT", "BundleIdentity", "bundle_identity", "METADATA_FILE"]
 
-#: ``configs/metadata.json`` of the bundle this package belongs to (the repository, or a served copy of it).
-METADATA_FILE = Path(__file__).resolve().parents[2] / "configs" / "metadata.json"
+#: The bundle this package belongs to: the folder holding ``scripts/`` and ``configs/``.
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
+#: Its ``configs/metadata.json``.
+METADATA_FILE = BUNDLE_ROOT / "configs" / "metadata.json"
 
 
 @dataclass(frozen=True)
