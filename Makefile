@@ -14,7 +14,7 @@ DEMO_SIZE ?= 256
 DEMO_CONTRAST ?= 25
 DEMO_LESION_SCALE ?= 3
 BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadata.json --logging_file configs/logging.conf
-# Every bundle command reads configs/common.json (network, device and precision, thresholds, image loading) first.
+# Every bundle command reads configs/common.json (network, device and precision, workers, triplet, image loading) first.
 TRAIN_CONFIGS := 'configs/common.json','configs/train.json'
 INFERENCE_CONFIGS := 'configs/common.json','configs/inference.json'
 PYTEST_ARGS ?=

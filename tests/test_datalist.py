@@ -200,3 +200,14 @@ def test_a_datalist_written_before_paths_were_relative_to_the_file_keeps_its_pat
     old = {"n_folds": 2, "seed": 0, "items": [{"image": "siim/a.dcm", "label": [], "positive": False, "fold": 0}]}
     (tmp_path / "lists" / "datalist.json").write_text(json.dumps(old))
     assert read_datalist(tmp_path / "lists" / "datalist.json")["items"][0]["image"] == "siim/a.dcm"
+
+
+def test_dicom_files_with_upper_case_or_dicom_extensions_are_found(tmp_path):
+    make_siim_folder(tmp_path, positives=1, negatives=0)
+    write_test_dicom(tmp_path / "dicom-images-train" / "x" / "A.DCM", PIXELS, sop_instance_uid="1.2.3.4.8", jpeg_quality=None)
+    write_test_dicom(tmp_path / "dicom-images-train" / "x" / "b.dicom", PIXELS, sop_instance_uid="1.2.3.4.9", jpeg_quality=None)
+    (tmp_path / "dicom-images-train" / "x" / "notes.txt").write_text("not an image")
+    with open(tmp_path / "train-rle.csv", "a") as handle:
+        handle.write("1.2.3.4.8, -1\n1.2.3.4.9, -1\n")
+    items, report = build_datalist(tmp_path, n_folds=2)
+    assert {item["image_id"] for item in items} == {"1.2.3.4.0", "1.2.3.4.8", "1.2.3.4.9"} and report.lines() == []

@@ -23,7 +23,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scripts.siim.image_id import dicom_image_id
+from scripts.siim.image_id import DICOM_SUFFIXES, dicom_image_id
 from scripts.siim.rle import EMPTY
 from scripts.siim.rle_csv import read_rle_csv
 from scripts.utils.files import atomic_open
@@ -80,8 +80,8 @@ def find_siim_csv(data_dir: str | os.PathLike) -> Path:
 
 
 def find_dicoms(folder: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
-    """Map ImageId (:func:`~scripts.siim.image_id.dicom_image_id`) -> path for every ``.dcm`` under ``folder``,
-    recursively, sorted.
+    """Map ImageId (:func:`~scripts.siim.image_id.dicom_image_id`) -> path for every ``.dcm`` / ``.dicom`` file (any
+    case) under ``folder``, recursively, sorted.
 
     Returns the mapping and a list describing ImageIds found more than once (the first path in sorted order wins).
     """
@@ -90,7 +90,7 @@ def find_dicoms(folder: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
         raise FileNotFoundError(f"{folder}: image folder not found")
     found: dict[str, Path] = {}
     duplicates: list[str] = []
-    for path in sorted(folder.rglob("*.dcm")):
+    for path in sorted(p for p in folder.rglob("*") if p.name.lower().endswith(DICOM_SUFFIXES) and p.is_file()):
         image_id = dicom_image_id(path)
         if image_id in found:
             duplicates.append(f"{image_id}: {path} (kept {found[image_id]})")
