@@ -26,11 +26,10 @@ from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
+from scripts.serving.label_server import MODEL_NAME
 from scripts.utils.metadata import bundle_identity
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAME = "pneumothorax"
 
 
 class SqueezeChanneld(MapTransform):

@@ -39,6 +39,7 @@ __all__ = ["prepare_bundle", "prepare_studies", "server_command"]
 
 REPO = BUNDLE_ROOT
 logger = logging.getLogger(__name__)
+#: The model's name in MONAI Label (``/infer/pneumothorax``); the app (``label_app/main.py``) serves it under it.
 MODEL_NAME = "pneumothorax"
 # ids that point at places of their own: the served bundle keeps its weights and logs inside itself
 _PATH_IDS = ("bundle_root", "ckpt_dir", "output_dir", "dataset_dir", "datalist_file")
