@@ -171,3 +171,31 @@ def test_masks_with_many_runs_decode_like_few_runs():
         assert decoded.shape == mask.shape and decoded.dtype == bool
         np.testing.assert_array_equal(decoded, mask)
         np.testing.assert_array_equal(decode(" " + encoded + " ", mask.shape), mask)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "9223372036854775807 1",  # int64's largest: used to decode to an empty mask
+        "9223372036854775807 9223372036854775807 0 1",  # used to wrap around to one stray pixel
+        str(10**30) + " 1",  # used to raise OverflowError
+        "1 " + "9" * 5000,  # beyond Python's int-from-string digit limit
+        "-9223372036854775808 1",
+        "1099511627776 1 1099511627776 1",  # each number allowed, their sum past any image
+    ],
+)
+def test_numbers_beyond_any_image_are_a_value_error_not_a_wrong_mask(text):
+    with pytest.raises(ValueError, match="larger than any image|negative start"):
+        decode(text, (1024, 1024))
+    with pytest.raises(ValueError):
+        parse_runs(text)
+
+
+@pytest.mark.parametrize("shape", [(4,), (4, 5, 1), (0, 5), (4, -1), (4.0, 5), (True, 5), ("4", "5"), None, 7])
+def test_decode_refuses_a_shape_that_is_not_two_positive_integers(shape):
+    with pytest.raises(ValueError, match="two positive integers"):
+        decode("1 1", shape)
+
+
+def test_numpy_integer_shapes_are_accepted():
+    assert decode("1 1", (np.int64(2), np.int32(2))).sum() == 1

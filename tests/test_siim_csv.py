@@ -138,3 +138,49 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     path = tmp_path / "out.csv"
     write_rle_csv(path, [(ID_A, "-1")])
     assert path.stat().st_mode & 0o644 == 0o644
+
+
+def test_rle_numbers_out_of_range_are_reported_rows_naming_the_line(tmp_path):
+    path = tmp_path / "train-rle.csv"
+    path.write_text("ImageId,EncodedPixels\n1.2.3,9223372036854775807 1\n1.2.4," + str(10**30) + " 1\n1.2.5,-1\n")
+    result = read_rle_csv(path)
+    assert list(result.annotations) == ["1.2.5"]
+    assert len(result.problems) == 2
+    assert result.problems[0].startswith(f"{path}:2:") and "larger than any image" in result.problems[0]
+    assert result.problems[1].startswith(f"{path}:3:")
+
+
+def test_a_latin1_line_is_a_reported_row_and_the_others_are_read(tmp_path):
+    path = tmp_path / "train-rle.csv"
+    path.write_bytes(f"ImageId,EncodedPixels\n{ID_A},-1\nPatient Jos\xe9,5 3\n{ID_B},5 3\n".encode("latin-1"))
+    result = read_rle_csv(path)
+    assert result.annotations == {ID_A: [], ID_B: ["5 3"]}
+    assert result.problems == [f"{path}:3: not UTF-8 text (byte 0xe9 at column 12); row skipped"]
+
+
+def test_an_overlong_line_is_skipped_without_reading_it_whole(tmp_path):
+    path = tmp_path / "train-rle.csv"
+    path.write_text(f"ImageId,EncodedPixels\n{ID_A},{'1 1 ' * 1_300_000}\n{ID_B},5 3\n")  # a 5 MB line
+    result = read_rle_csv(path)
+    assert result.annotations == {ID_B: ["5 3"]}
+    assert result.problems == [f"{path}:2: line longer than {2**20} bytes; row skipped"]
+
+
+def test_an_unclosed_quote_is_named_and_swallows_no_other_row(tmp_path):
+    path = write(tmp_path, f'ImageId,EncodedPixels\n{ID_A},"5 3\n{ID_B},-1\n"{ID_C}",5 3\n')
+    result = read_rle_csv(path)
+    assert result.annotations == {ID_B: [], ID_C: ["5 3"]}
+    assert result.problems == [f"{path}:2: unclosed quote; row skipped"]
+
+
+@pytest.mark.parametrize("content", ["", "ImageId,EncodedPixels\n", "ImageId,EncodedPixels\n\n\n", "ImageId,EncodedPixels\nx,5 x\n"])
+def test_a_csv_without_a_usable_data_row_is_an_error_naming_the_file(tmp_path, content):
+    path = write(tmp_path, content)
+    with pytest.raises(ValueError, match=f"{path}: no usable data rows"):
+        read_rle_csv(path)
+
+
+def test_windows_line_endings_read_like_unix_ones(tmp_path):
+    path = tmp_path / "train-rle.csv"
+    path.write_bytes(f"ImageId, EncodedPixels\r\n{ID_A}, -1\r\n{ID_B}, 5 3\r\n".encode())
+    assert read_rle_csv(path).annotations == {ID_A: [], ID_B: ["5 3"]}

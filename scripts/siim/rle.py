@@ -15,6 +15,9 @@ import numpy as np
 
 EMPTY = "-1"
 _SLICE_FILL_MAX_RUNS = 4096
+#: Larger than the pixel count of any radiograph: a number above it cannot be part of a valid RLE, and keeping
+#: every number (and the sum of all of them) far below 2**63 means the int64 arithmetic below never wraps around.
+MAX_NUMBER = 2**40
 
 __all__ = ["EMPTY", "encode", "decode", "parse_runs"]
 
@@ -57,7 +60,8 @@ def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     The check needs no image size; :func:`decode` adds the bounds check.
 
     Raises:
-        ValueError: on an odd count of numbers, a non-integer, a zero or negative length, or a negative gap.
+        ValueError: on an odd count of numbers, a non-integer, a number too large for any image, a zero or negative
+            length, or a negative gap.
     """
     text = rle.strip() if isinstance(rle, str) else None
     if text is None:
@@ -67,11 +71,21 @@ def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     tokens = text.split()
     if len(tokens) % 2:
         raise ValueError(f"RLE has an odd count of numbers ({len(tokens)}): starts and lengths must come in pairs")
+    overlong = next((token for token in tokens if len(token) > 20), None)  # int64 holds 19 digits
+    if overlong is not None:
+        kind = "number" if overlong.lstrip("+-").isdigit() else "non-integer value"
+        raise ValueError(f"RLE holds a {kind} of {len(overlong)} characters ({overlong[:20]}...), larger than any image")
     try:
-        numbers = np.array([int(token) for token in tokens], dtype=np.int64)
+        values = [int(token) for token in tokens]
     except ValueError:
         bad = next(token for token in tokens if not _is_int(token))
-        raise ValueError(f"RLE holds a non-integer value {bad!r}") from None
+        raise ValueError(f"RLE holds a non-integer value {bad[:40]!r}") from None
+    too_large = next((index for index, value in enumerate(values) if abs(value) > MAX_NUMBER), None)
+    if too_large is not None:
+        raise ValueError(f"RLE number {too_large} ({tokens[too_large][:40]}) is larger than any image")
+    if sum(values) > MAX_NUMBER:
+        raise ValueError(f"RLE runs end past pixel {MAX_NUMBER}, larger than any image")
+    numbers = np.array(values, dtype=np.int64)
     gaps, lengths = numbers[0::2], numbers[1::2]
     if (lengths <= 0).any():
         index = int(np.flatnonzero(lengths <= 0)[0])
@@ -92,9 +106,9 @@ def decode(rle: str, shape: tuple[int, int]) -> np.ndarray:
     Raises:
         ValueError: on malformed input (see :func:`parse_runs`) or a run that goes past the end of the image.
     """
+    if not _is_shape(shape):
+        raise ValueError(f"RLE decode needs a (rows, cols) shape of two positive integers, got {shape!r}")
     rows, cols = (int(n) for n in shape)
-    if rows <= 0 or cols <= 0:
-        raise ValueError(f"RLE decode needs a positive (rows, cols) shape, got {tuple(shape)}")
     starts, lengths = parse_runs(rle)
     size = rows * cols
     ends = starts + lengths
@@ -124,6 +138,15 @@ def _foreground(mask: np.ndarray) -> np.ndarray:
         found = np.unique(values)[:5].tolist()
         raise ValueError(f"RLE encode expects a bool, 0/1 or 0/255 mask, found foreground values {found}")
     return foreground
+
+
+def _is_shape(shape: object) -> bool:
+    try:
+        rows, cols = shape  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return False
+    integral = all(isinstance(n, (int, np.integer)) and not isinstance(n, (bool, np.bool_)) for n in (rows, cols))
+    return integral and rows > 0 and cols > 0
 
 
 def _is_int(token: str) -> bool:

@@ -12,12 +12,14 @@ An image with several pneumothorax regions has one row per annotation; ``-1`` me
 
 from __future__ import annotations
 
+import codecs
 import csv
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from scripts.siim.rle import EMPTY, parse_runs
 from scripts.utils.files import atomic_open
@@ -25,6 +27,8 @@ from scripts.utils.files import atomic_open
 logger = logging.getLogger(__name__)
 
 HEADER = ("ImageId", "EncodedPixels")
+#: Longest line read: far beyond any real annotation (a pneumothorax of a few thousand runs is tens of kB).
+MAX_LINE_BYTES = 1 << 20
 CSV_STYLES = ("stage1", "stage2")
 
 __all__ = ["SiimAnnotations", "read_rle_csv", "rows_from_annotations", "write_rle_csv"]
@@ -49,25 +53,33 @@ class SiimAnnotations:
         return len(self.annotations)
 
 
-def read_rle_csv(path: str | os.PathLike) -> SiimAnnotations:
+def read_rle_csv(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) -> SiimAnnotations:
     """Read any of the three SIIM CSV variants.
 
     Several rows of one ImageId are gathered (to be combined by union). Nothing is dropped silently: an image
-    whose rows mix ``-1`` with annotations keeps its annotations, a repeated identical row is kept once, and an
-    unparseable row (wrong column count, empty ImageId, malformed RLE) is skipped; each is reported in
-    ``problems`` with its line number, and logged as a warning.
+    whose rows mix ``-1`` with annotations keeps its annotations, a repeated identical row is kept once, and a row
+    that cannot be used is skipped: a wrong column count, an empty ImageId, a malformed RLE, a line that is not
+    UTF-8 text, an unclosed quote, a line longer than ``max_line_bytes``. Each is reported in ``problems`` as
+    ``file:line: problem``, and logged as a warning. Rows never span lines (the challenge's files hold no quoted
+    line breaks), so one broken row cannot swallow the ones after it.
 
     Raises:
-        ValueError: if the file is not a SIIM annotation CSV at all (a header with other column names).
+        ValueError: the file is not a SIIM annotation CSV at all (a header with other column names), or it holds
+            no usable data row; the message names the file.
         FileNotFoundError: if ``path`` does not exist.
     """
     path = Path(path)
     result = SiimAnnotations(path=path)
     seen_rows: set[tuple[str, str]] = set()
     says_empty: set[str] = set()
-    # utf-8-sig strips the byte-order mark of the official sample file.
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        for line_number, row in enumerate(csv.reader(handle), start=1):
+    with open(path, "rb") as handle:
+        for line_number, text in _text_lines(handle, path, result, max_line_bytes):
+            try:
+                (row,) = csv.reader([text], strict=True)
+            except csv.Error as error:
+                problem = "unclosed quote" if "end of data" in str(error) else f"not a CSV row ({error})"
+                _report(result, f"{path}:{line_number}: {problem}; row skipped")
+                continue
             cells = [cell.strip() for cell in row]
             if line_number == 1 and cells and cells[0] == HEADER[0]:
                 if tuple(cells) != HEADER:
@@ -89,6 +101,9 @@ def read_rle_csv(path: str | os.PathLike) -> SiimAnnotations:
                 says_empty.add(image_id)
             else:
                 rles.append(rle)
+    if not result.annotations:
+        detail = f" ({len(result.problems)} rows skipped; first: {result.problems[0]})" if result.problems else ""
+        raise ValueError(f"{path}: no usable data rows{detail}")
     for image_id in sorted(says_empty):
         if result.annotations[image_id]:
             _report(
@@ -97,6 +112,32 @@ def read_rle_csv(path: str | os.PathLike) -> SiimAnnotations:
                 " the annotations are kept",
             )
     return result
+
+
+def _text_lines(handle: BinaryIO, path: Path, result: SiimAnnotations, max_bytes: int) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of each line that is UTF-8 text of at most ``max_bytes``; the others are reported.
+
+    A line is read at most ``max_bytes`` at a time, so an endless line costs no memory. The byte-order mark of the
+    official sample file is dropped.
+    """
+    number = 0
+    while True:
+        raw = handle.readline(max_bytes + 1)
+        if not raw:
+            return
+        number += 1
+        if len(raw) > max_bytes and not raw.endswith(b"\n"):
+            while raw and not raw.endswith(b"\n"):
+                raw = handle.readline(1 << 16)
+            _report(result, f"{path}:{number}: line longer than {max_bytes} bytes; row skipped")
+            continue
+        if number == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        try:
+            yield number, raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            byte = raw[error.start]
+            _report(result, f"{path}:{number}: not UTF-8 text (byte 0x{byte:02x} at column {error.start + 1}); row skipped")
 
 
 def write_rle_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]], style: str = "stage2") -> None:
