@@ -33,7 +33,7 @@ def test_training_validation_and_inference_load_images_with_the_same_steps():
     train = read(COMMON, "configs/train.json")
     infer = read(COMMON, "configs/inference.json")
     steps = [type(t).__name__ for t in train.get_parsed_content("train#deterministic_transforms")]
-    assert steps == ["LoadImaged", "EnsureChannelFirstd", "NormalizeRadiographd", "ImageToUint8d", "LabelToMaskd", "PackMaskd"]
+    assert steps == ["LoadRadiographd", "EnsureChannelFirstd", "NormalizeRadiographd", "ImageToUint8d", "LabelToMaskd", "PackMaskd"]
     validation = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
     assert validation == steps
     inference = [type(t).__name__ for t in infer.get_parsed_content("preprocessing").transforms]

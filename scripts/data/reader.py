@@ -2,27 +2,82 @@
 
 Reading goes through MONAI's ``PydicomReader`` (never ITK, which turns a 2-D ``.dcm`` into a 3-D volume), so a
 loaded image is the **transpose** of pydicom's ``pixel_array``: ``(cols, rows)``.
+
+:class:`LoadRadiographd` is the loading step of the bundle's pipelines: it uses :class:`RadiographReader` alone.
+MONAI's ``LoadImaged`` falls back to its other readers when the one given fails, so a PNG renamed ``x.dcm`` would be
+read by Pillow as if it were a radiograph.
+
+Before any pixel is decoded, the size the file declares (Rows x Columns x frames x bytes per sample, and the size
+in the compressed frame's own header) is checked against ``max_pixels``: a few kilobytes of JPEG can declare
+60000 x 60000 pixels, and decoding them would take gigabytes.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import struct
 import warnings
+from collections.abc import Hashable, Mapping
+from pathlib import Path
 
+import pydicom
+from monai.config import KeysCollection
 from monai.data import PydicomReader
+from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["RADIOGRAPH_TAGS", "RadiographReader"]
+__all__ = ["DEFAULT_MAX_PIXELS", "RADIOGRAPH_TAGS", "LoadRadiographd", "RadiographReader", "declared_size"]
 
 #: Tags copied into a loaded image's metadata as plain values (collatable, readable by transforms).
 RADIOGRAPH_TAGS = ("PhotometricInterpretation", "BitsStored", "SOPInstanceUID", "Rows", "Columns")
+#: Pixels a radiograph may declare; far above a 4300 x 3500 detector, far below what fills a loader's memory.
+DEFAULT_MAX_PIXELS = 50_000_000
+#: What a file that is not DICOM starts with, to say what it is.
+_MAGIC = (
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"II*\x00", "a TIFF image"),
+    (b"MM\x00*", "a TIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"\x5c\x01", "a NIfTI image"),
+)
+#: Start-of-frame markers of JPEG (baseline, extended, progressive, lossless) and JPEG-LS: height and width follow.
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7}
 
 
 class RadiographReader(PydicomReader):
     """``PydicomReader`` for single-frame greyscale radiographs.
 
     Adds :data:`RADIOGRAPH_TAGS` to the metadata (so ``NormalizeRadiographd`` can invert MONOCHROME1 and knows
-    the bit depth) and refuses what is not a greyscale single-frame image with an error naming the file.
-    Use it as ``LoadImaged(keys="image", reader=RadiographReader())``; arguments are those of ``PydicomReader``.
+    the bit depth) and refuses, with an error naming the file and the problem, what is not a greyscale single-frame
+    DICOM image: a missing or empty file, a dangling link or a link loop, another file format, colour, several
+    frames, no pixel data, and a declared size over ``max_pixels`` (checked before decoding).
+
+    Args:
+        max_pixels: most pixels (Rows x Columns x frames) a file may declare, in its header or in its compressed
+            frame; bytes are bounded by it too (``max_pixels`` x bytes per sample).
+        kwargs: as ``PydicomReader``.
     """
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if int(max_pixels) <= 0:
+            raise ValueError(f"RadiographReader: max_pixels must be positive, got {max_pixels}")
+        self.max_pixels = int(max_pixels)
+
+    def read(self, data, **kwargs):
+        names = list(data) if isinstance(data, (list, tuple)) else [data]
+        for name in names:
+            problem = file_problem(name, max_bytes=8 * self.max_pixels + (64 << 20))
+            if problem:
+                raise ValueError(f"{name}: {problem}")
+        try:
+            return super().read(data, **kwargs)
+        except pydicom.errors.InvalidDicomError as error:
+            raise ValueError(f"{names[0] if len(names) == 1 else names}: not a DICOM file ({error})") from error
 
     def _get_array_data(self, img, filename):
         samples = int(getattr(img, "SamplesPerPixel", 1))
@@ -34,6 +89,9 @@ class RadiographReader(PydicomReader):
             raise ValueError(f"{filename}: {frames} frames; a single-frame radiograph is needed")
         if "PixelData" not in img:
             raise ValueError(f"{filename}: no pixel data")
+        problem = size_problem(img, self.max_pixels)
+        if problem:
+            raise ValueError(f"{filename}: {problem}")
         try:
             return super()._get_array_data(img, filename)
         except Exception as error:  # pydicom raises many types for broken pixel data
@@ -53,3 +111,133 @@ class RadiographReader(PydicomReader):
             if value is not None:
                 metadata[keyword] = int(value) if isinstance(value, int) else str(value)
         return metadata
+
+
+class LoadRadiographd(MapTransform):
+    """``LoadImaged`` with :class:`RadiographReader` and no other reader: a file that is not a DICOM radiograph is
+    an error naming it, never an image read some other way.
+
+    Args:
+        keys: keys holding file paths.
+        max_pixels: as :class:`RadiographReader`.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(self, keys: KeysCollection, max_pixels: int = DEFAULT_MAX_PIXELS, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.reader = RadiographReader(max_pixels=max_pixels)
+        self.loader = LoadImage(reader=self.reader, image_only=True)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key], reader=self.reader)  # the runtime reader: MONAI tries no other
+        return d
+
+
+def file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
+    """Why ``path`` cannot be a DICOM radiograph before it is parsed (missing, a dangling link, a link loop, a
+    folder, empty, over ``max_bytes``, another format), or None."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if path.is_symlink():
+            return f"dangling symbolic link (to {os.readlink(path)})"
+        return "no such file"
+    if path.is_dir():
+        return "a folder, not a file"
+    if stat.st_size == 0:
+        return "empty file (0 bytes)"
+    if stat.st_size > max_bytes:
+        return f"{stat.st_size} bytes, more than a radiograph within the pixel limit can take"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if head[128:132] != b"DICM":
+        for magic, what in _MAGIC:
+            if head.startswith(magic):
+                return f"{what}, not DICOM"
+    return None
+
+
+def declared_size(ds: pydicom.Dataset) -> dict[str, int | tuple[int, int] | None]:
+    """What ``ds`` says about its pixel data before decoding: ``rows``, ``columns``, ``frames``, ``bytes_per_sample``
+    and ``frame_header`` (``(rows, columns)`` from the first compressed frame's own header, or None)."""
+    return {
+        "rows": int(getattr(ds, "Rows", 0) or 0),
+        "columns": int(getattr(ds, "Columns", 0) or 0),
+        "frames": int(getattr(ds, "NumberOfFrames", 1) or 1),
+        "bytes_per_sample": max(1, (int(getattr(ds, "BitsAllocated", 8) or 8) + 7) // 8),
+        "frame_header": _compressed_frame_size(ds),
+    }
+
+
+def size_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
+    """Why decoding ``ds`` would be unsafe (a declared size over ``max_pixels``, or a compressed frame whose own
+    size is not the header's), or None."""
+    size = declared_size(ds)
+    rows, columns, frames = size["rows"], size["columns"], size["frames"]
+    if rows <= 0 or columns <= 0:
+        return f"declares {rows} x {columns} pixels"
+    if rows * columns * frames > max_pixels:
+        return f"declares {rows} x {columns} x {frames} pixels, more than the limit of {max_pixels} (max_image_pixels)"
+    frame = size["frame_header"]
+    if frame is not None:
+        frame_rows, frame_columns = frame
+        if frame_rows * frame_columns > max_pixels:
+            return (
+                f"its compressed frame declares {frame_rows} x {frame_columns} pixels, more than the limit of "
+                f"{max_pixels} (max_image_pixels)"
+            )
+        if (frame_rows, frame_columns) != (rows, columns) and frame_rows != 0:
+            return f"its compressed frame is {frame_rows} x {frame_columns} pixels, its header says {rows} x {columns}"
+    return None
+
+
+def _compressed_frame_size(ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """``(rows, columns)`` from the header of the first frame of encapsulated pixel data: a JPEG / JPEG-LS
+    start-of-frame or a JPEG 2000 SIZ marker; None for native pixel data or a codec without such a header."""
+    transfer_syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if transfer_syntax is None or not transfer_syntax.is_compressed or "PixelData" not in ds:
+        return None
+    fragment = _first_fragment(bytes(ds.PixelData[:65536]))
+    if fragment is None:
+        return None
+    if fragment.startswith(b"\xff\x4f\xff\x51"):  # JPEG 2000: SOC, then SIZ
+        if len(fragment) < 24:
+            return None
+        width, height, x_offset, y_offset = struct.unpack(">IIII", fragment[8:24])  # Xsiz, Ysiz, XOsiz, YOsiz
+        return height - y_offset, width - x_offset
+    if not fragment.startswith(b"\xff\xd8"):
+        return None
+    position = 2
+    while position + 9 <= len(fragment):
+        if fragment[position] != 0xFF:
+            return None
+        marker = fragment[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        (length,) = struct.unpack(">H", fragment[position + 2 : position + 4])
+        if marker in _SOF_MARKERS:
+            height, width = struct.unpack(">HH", fragment[position + 5 : position + 9])
+            return height, width
+        position += 2 + length
+    return None
+
+
+def _first_fragment(pixel_data: bytes) -> bytes | None:
+    """The first fragment after the basic offset table of encapsulated pixel data (items FFFE,E000)."""
+    position, items = 0, []
+    while position + 8 <= len(pixel_data) and len(items) < 2:
+        tag, length = struct.unpack("<4sI", pixel_data[position : position + 8])
+        if tag != b"\xfe\xff\x00\xe0":
+            return None
+        items.append(pixel_data[position + 8 : position + 8 + length])
+        position += 8 + length
+    return items[1] if len(items) == 2 else None
