@@ -218,3 +218,11 @@ def test_compiled_training_saves_weights_the_plain_network_loads(tiny_siim, tmp_
     network.load_state_dict(torch.load(tmp_path / "models" / "model.pt", weights_only=True))  # strict: no _orig_mod.
     checkpoint = torch.load(tmp_path / "train" / "checkpoint.pt", weights_only=True)
     network.load_state_dict(checkpoint["network"])
+
+
+@pytest.mark.slow
+def test_a_run_shorter_than_val_interval_still_validates_and_saves_its_model(tiny_siim, tmp_path):
+    result = run_bundle(train_args(tiny_siim, tmp_path, max_epochs=1, val_interval=5))
+    assert torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["epoch"] == 1
+    assert f"model: {tmp_path / 'models' / 'model.pt'}" in result.stdout + result.stderr

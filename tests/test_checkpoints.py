@@ -92,3 +92,45 @@ def test_resume_true_as_a_string_still_needs_the_checkpoint(tmp_path):
         TrainingCheckpoint(tmp_path, {"network": torch.nn.Linear(2, 1)}, resume="true")
     with pytest.raises(ValueError, match="resume must be true or false"):
         TrainingCheckpoint(tmp_path, {"network": torch.nn.Linear(2, 1)}, resume="maybe")
+
+
+class CountingValidator:
+    def __init__(self):
+        self.epochs = []
+
+    def run(self, epoch):
+        self.epochs.append(epoch)
+
+
+@pytest.mark.parametrize("max_epochs,interval,expected", [(2, 3, [2]), (6, 3, []), (7, 3, [7]), (1, 1, [])])
+def test_the_last_epoch_is_always_validated_once(max_epochs, interval, expected):
+    from scripts.training.validation import ValidateLastEpoch
+
+    validator = CountingValidator()
+    engine = Engine(lambda engine, batch: None)
+    ValidateLastEpoch(validator, interval).attach(engine)
+    engine.run([0], max_epochs=max_epochs)
+    assert validator.epochs == expected  # ValidationHandler(interval) covers the epochs divisible by interval
+
+
+def test_val_interval_below_one_is_refused():
+    from scripts.training.validation import ValidateLastEpoch
+
+    with pytest.raises(ValueError, match="val_interval must be"):
+        ValidateLastEpoch(CountingValidator(), 0)
+
+
+def test_a_finished_run_says_where_its_model_is_or_fails(tmp_path, caplog):
+    from scripts.training.checkpoints import ReportSavedModel
+
+    engine = Engine(lambda engine, batch: None)
+    ReportSavedModel(tmp_path / "model.pt").attach(engine)
+    with pytest.raises(RuntimeError, match=r"training finished after epoch 1 but saved no model at .*model\.pt"):
+        engine.run([0], max_epochs=1)
+    torch.save({}, tmp_path / "model.pt")
+    (tmp_path / "model.json").write_text(json.dumps({"metric": "val_competition_dice", "score": 0.8, "epoch": 1}))
+    engine = Engine(lambda engine, batch: None)
+    ReportSavedModel(tmp_path / "model.pt").attach(engine)
+    with caplog.at_level("INFO", logger="scripts.training.checkpoints"):
+        engine.run([0], max_epochs=1)
+    assert f"model: {tmp_path / 'model.pt'} (val_competition_dice 0.8000 at epoch 1" in caplog.text

@@ -31,7 +31,7 @@ from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "TrainingCheckpoint"]
+__all__ = ["BestModelSaver", "ReportSavedModel", "TrainingCheckpoint"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -146,6 +146,36 @@ class TrainingCheckpoint:
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
         random.setstate(_as_tuples(rng["python"]))
         logger.info("resumed from %s after epoch %d (iteration %d)", self.path, engine.state.epoch, engine.state.iteration)
+
+
+class ReportSavedModel:
+    """When training completes, say where its model is (the file :class:`BestModelSaver` wrote, its score and
+    epoch), or fail: a finished run that saved no model is an error, not a silent exit 0.
+
+    Args:
+        path: the weights file, e.g. ``models/model.pt``.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not is_main_process():
+            return
+        record = self.path.with_suffix(".json")
+        if not self.path.is_file() or not record.is_file():
+            raise RuntimeError(
+                f"training finished after epoch {engine.state.epoch} but saved no model at {self.path}: "
+                "no validation produced a score (is the validation fold empty, or every score NaN?)"
+            )
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        logger.info(
+            "model: %s (%s %.4f at epoch %s; resume state in the training checkpoint)",
+            self.path, saved.get("metric"), float(saved.get("score", float("nan"))), saved.get("epoch"),
+        )  # fmt: skip
 
 
 def _as_tuples(value):
