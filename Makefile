@@ -59,7 +59,7 @@ demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
 		--bundle_root . --datalist_file $(DEMO_DIR)/datalist.json --output_dir $(DEMO_DIR)/runs/eval
 	$(BUNDLE_RUN) --config_file "[$(INFERENCE_CONFIGS),'configs/demo.json','configs/demo_inference.json']" --bundle_root . \
 		--dataset_dir $(DEMO_DIR)/siim/dicom-images-test --output_dir $(DEMO_DIR)/runs/inference \
-		--ckpt_dir $(DEMO_DIR)/models
+		--ckpt_dir $(DEMO_DIR)/models --overwrite true
 	$(PY) -m scripts.evaluation.report --demo_dir $(DEMO_DIR)
 
 test: $(VENV)/.dev-installed $(LABEL_VENV)/.installed

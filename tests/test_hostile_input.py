@@ -157,3 +157,106 @@ def test_a_loader_worker_that_dies_is_reported_with_the_file_it_held(tmp_path):
 
     gc.collect()
     assert not notes.exists()  # the notes folder goes with the dataset
+
+
+# ------------------------------------------------------------------------------------------ reused output folders
+def _items(folder, uids, positive=True):
+    from monai.data import MetaTensor
+
+    pixels, mask = asymmetric_case(60, 40)
+    out = []
+    for uid in uids:
+        path = write_test_dicom(folder / f"{uid}.dcm", pixels, sop_instance_uid=uid, jpeg_quality=None)
+        meta = {"filename_or_obj": str(path), "SOPInstanceUID": uid, "Rows": 60, "Columns": 40}
+        pred = torch.from_numpy((mask.T[None] if positive else np.zeros((1, 40, 60))).astype(np.float32))
+        out.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred})
+    return out
+
+
+def _write_run(out, items, **kwargs):
+    from types import SimpleNamespace
+
+    from scripts.inference.writer import InferenceWriter
+
+    writer = InferenceWriter(out, **kwargs)
+    writer(SimpleNamespace(state=SimpleNamespace(output=items)))
+    return writer.finish()
+
+
+def test_a_folder_with_results_is_refused_unless_overwrite_and_nothing_is_touched(tmp_path):
+    out = tmp_path / "out"
+    _write_run(out, _items(tmp_path / "a", ["1.1"]))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"output_dir .*out is not empty \(errors.csv, masks, seg, submission.csv, \.\.\.\): pass --overwrite true"):
+        _write_run(out, _items(tmp_path / "b", ["2.2"]))
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_overwriting_replaces_the_whole_result_set_so_no_stale_seg_or_mask_survives(tmp_path, workers):
+    out = tmp_path / "out"
+    _write_run(out, _items(tmp_path / "a", ["1.1", "1.2"]), workers=workers)
+    assert {p.name for p in (out / "seg").iterdir()} == {"1.1.dcm", "1.2.dcm"}
+    _write_run(out, _items(tmp_path / "b", ["2.1"], positive=False), workers=workers, overwrite="true")
+    assert not (out / "seg").exists()  # the new run found no pneumothorax: no SEG of the old one may claim one
+    assert [p.name for p in (out / "masks").iterdir()] == ["2.1.png"]
+    assert (out / "submission.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "2.1,-1"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
+
+
+def test_a_failed_run_leaves_the_previous_results_as_they_were(tmp_path):
+    from ignite.engine import Engine
+
+    from scripts.inference.writer import InferenceWriter
+
+    out = tmp_path / "out"
+    _write_run(out, _items(tmp_path / "a", ["1.1"]))
+    before = (out / "submission.csv").read_text()
+    items = _items(tmp_path / "b", ["2.1", "2.2"])
+
+    def step(engine, index):
+        if index == 1:
+            raise RuntimeError("the GPU fell over")
+        return [items[index]]
+
+    engine = Engine(step)
+    InferenceWriter(out, workers=2, overwrite=True).attach(engine)
+    with pytest.raises(RuntimeError, match="the GPU fell over"):
+        engine.run([0, 1])
+    assert (out / "submission.csv").read_text() == before and [p.name for p in (out / "masks").iterdir()] == ["1.1.png"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+
+
+def test_an_output_path_that_is_a_file_is_one_clear_error(tmp_path):
+    (tmp_path / "results").write_text("I am a file")
+    with pytest.raises(ValueError, match=r"output_dir .*results is a file, not a folder"):
+        _write_run(tmp_path / "results", [])
+
+
+def test_an_input_without_dicom_files_is_an_error_and_the_output_folder_is_not_read_back(tmp_path):
+    from scripts.inference.inputs import scan_dicom_inputs
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(ValueError, match=r"empty holds no DICOM file \(1 other files skipped\)"):
+        scan_dicom_inputs(tmp_path / "empty")
+    write_test_dicom(tmp_path / "in" / "a.dcm", np.zeros((8, 8), np.uint8), sop_instance_uid="1.1", jpeg_quality=None)
+    write_test_dicom(tmp_path / "in" / "results" / "seg" / "old.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    scan = scan_dicom_inputs(tmp_path / "in", exclude=[tmp_path / "in" / "results"])
+    assert [p.name for p in scan.files] == ["a.dcm"]
+
+
+@pytest.mark.slow
+def test_inference_on_an_empty_folder_exits_non_zero_and_keeps_the_old_results(tmp_path):
+    from tests.test_inference import _run_inference
+
+    weights = tmp_path / "ckpt"
+    weights.mkdir()
+    torch.save(BrightnessNet().state_dict(), weights / "model.pt")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("ImageId,EncodedPixels\nold,-1\n")
+    with pytest.raises(AssertionError, match="holds no DICOM file"):
+        _run_inference(tmp_path / "empty", out, weights, "--overwrite", "true")
+    assert (out / "submission.csv").read_text() == "ImageId,EncodedPixels\nold,-1\n"

@@ -379,9 +379,9 @@ def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_ma
     from scripts.inference.writer import InferenceWriter
 
     items, mask = _writer_items(tmp_path / "in")
+    for item in items:  # the SEG reads its source's header when it is written: gone, so every SEG fails
+        Path(item["image"].meta["filename_or_obj"]).unlink()
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "seg").write_text("a file where the seg folder should be")
     writer = InferenceWriter(out, workers=workers)
     writer(SimpleNamespace(state=SimpleNamespace(output=items)))
     summary = writer.finish()
@@ -394,22 +394,31 @@ def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_ma
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers):
+def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers, monkeypatch):
     from types import SimpleNamespace
 
     from scripts.inference.writer import InferenceWriter
 
+    from scripts.inference import outputs
+
     items, _ = _writer_items(tmp_path / "in")
     out = tmp_path / "out"
-    (out / "masks").mkdir(parents=True)
-    (out / "masks" / f"{safe_name(items[1]['image'].meta['SOPInstanceUID'])}.png").mkdir()  # a folder in the way
+    doomed = safe_name(items[1]["image"].meta["SOPInstanceUID"])
+    real_save_png = outputs.save_png
+
+    def full_disk_for_one(path, pixels):
+        if path.stem == doomed:
+            raise OSError(28, "No space left on device")
+        real_save_png(path, pixels)
+
+    monkeypatch.setattr(outputs, "save_png", full_disk_for_one)  # before the writer processes fork
     writer = InferenceWriter(out, workers=workers)
     for item in items:
         writer(SimpleNamespace(state=SimpleNamespace(output=[item])))
     summary = writer.finish()
     assert summary["processed"] == 2 and summary["failed"] == 1
     errors = (out / "errors.csv").read_text()
-    assert "source1.dcm" in errors and "source0.dcm" not in errors
+    assert "source1.dcm" in errors and "source0.dcm" not in errors and "No space left on device" in errors
     assert len(list((out / "seg").iterdir())) == 2
 
 

@@ -46,6 +46,7 @@ def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: P
         output_dir=str(out),
         checkpoints=[str(checkpoint)],
         tta=tta,
+        overwrite=True,
         **overrides,
     )
     workflow.initialize()
@@ -80,8 +81,8 @@ def writer_cost(data_dir: Path, out: Path, n_images: int, workers: int) -> dict:
         items.append({"image": MetaTensor(mask.clone(), meta=meta), "pred": mask})
     results = {"images": len(items)}
     for count in (0, workers):
-        writer = InferenceWriter(out / f"writer_{count}", workers=count)
-        writer.pool.start()  # as at the engine's start: not timed
+        writer = InferenceWriter(out / f"writer_{count}", workers=count, overwrite=True)
+        writer.start_run()  # as at the engine's start (staging folder, writer processes): not timed
         start = time.perf_counter()
         for item in items:
             writer.write_item(item)

@@ -8,6 +8,7 @@ instead of silently skipping them; anything else (``.csv``, ``.png``, ``.DS_Stor
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,23 +45,29 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[_PREAMBLE:] == _MAGIC
 
 
-def scan_dicom_inputs(path: str | os.PathLike) -> DicomScan:
+def scan_dicom_inputs(path: str | os.PathLike, exclude: Sequence[str | os.PathLike] = (), allow_empty: bool = False) -> DicomScan:
     """The DICOM files under ``path`` (recursively, hidden folders excepted), or ``path`` itself if it is a file.
+
+    ``exclude``: folders not to look into (an output folder inside the input folder is not read back as input).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        ValueError: no DICOM file was found (unless ``allow_empty``), saying how many other files were skipped.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"inference input {path} does not exist")
+    excluded = {Path(folder).resolve() for folder in exclude}
     if path.is_file():
         candidates = [path]
     else:
         candidates = []
         for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() not in excluded)
             candidates += [Path(root) / name for name in sorted(files)]
     scan = DicomScan()
     for candidate in candidates:
         (scan.files if is_dicom_file(candidate) else scan.skipped).append(candidate)
+    if not scan.files and not allow_empty:
+        raise ValueError(f"inference input {path} holds no DICOM file ({len(scan.skipped)} other files skipped)")
     return scan

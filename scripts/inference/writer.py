@@ -4,6 +4,10 @@ Per image, the files of ``scripts.inference.outputs`` (named by the image's Imag
 ``scripts.utils.files.safe_name``), written by ``scripts.inference.writer_pool`` processes while the engine goes
 on: the engine's thread only checks the prediction and packs it into bits.
 
+Everything is written into a staging folder and replaces ``output_dir``'s contents as one when the run completes
+(``scripts.inference.result_folder``): a non-empty ``output_dir`` is refused unless ``overwrite``, and a run that
+fails leaves it as it was.
+
 Once the run completes: ``submission.csv`` (``ImageId,EncodedPixels``, one row per image, ``-1`` when empty,
 exactly the competition's submission format), ``errors.csv`` (file, reason) and ``summary.json`` (counts,
 positives, time per image, the thresholds and checkpoints used). Every file is written atomically; an error on one
@@ -26,6 +30,7 @@ from scripts.data.labels import to_image_orientation
 from scripts.inference.engine import ERROR_KEY, PATH_KEY
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
 from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
+from scripts.inference.result_folder import ResultFolder
 from scripts.inference.writer_pool import WriterPool
 from scripts.siim import rle
 from scripts.siim.image_id import dicom_image_id
@@ -43,16 +48,17 @@ class InferenceWriter:
     """Write masks, DICOM SEGs, overlays, the submission CSV, errors and a summary for a folder inference run.
 
     Args:
-        output_dir: where everything goes (created).
+        output_dir: where everything goes (created; refused if it holds anything, unless ``overwrite``).
         scan: the :class:`~scripts.inference.inputs.DicomScan` the dataset was built from (for the skipped count),
             or the input path to scan again.
         masks, seg, overlays: which per-image outputs to write.
         pred_key, image_key: engine output keys of the thresholded prediction and of the loaded image.
         info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...).
         workers: processes that write the per-image files in parallel with inference (0: the engine's thread).
+        overwrite: replace the results ``output_dir`` holds (as one, when the run completes).
     """
 
-    @switches(masks="write_masks", seg="write_seg", overlays="write_overlays")
+    @switches(masks="write_masks", seg="write_seg", overlays="write_overlays", overwrite="overwrite")
     def __init__(
         self,
         output_dir: str | os.PathLike,
@@ -64,14 +70,17 @@ class InferenceWriter:
         image_key: str = "image",
         info: dict | None = None,
         workers: int = 0,
+        overwrite: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.result = ResultFolder(self.output_dir, overwrite=overwrite)
+        self.result.check()  # before any image is processed
+        self.workdir: Path | None = None
         self.scan = scan if isinstance(scan, DicomScan) or scan is None else scan_dicom_inputs(scan)
         self.masks, self.seg, self.overlays = masks, seg, overlays
         self.pred_key, self.image_key = pred_key, image_key
         self.info = dict(info or {})
-        folders = [self.output_dir / folder for folder in OUTPUT_FOLDERS]
-        self.pool = WriterPool(write_image_files, workers=workers, temp_folders=folders)
+        self.pool = WriterPool(write_image_files, workers=workers)
         self._reset()
 
     def _reset(self) -> None:
@@ -92,11 +101,18 @@ class InferenceWriter:
     def _abort(self, _: Engine, error: BaseException) -> None:
         """The run failed: stop the writers and let the error through (Ignite re-raises only without handlers)."""
         self.pool.close(cancel=True)
+        self.result.discard()
         raise error
 
     def _start(self, _: Engine) -> None:
         self._reset()
-        self.pool.start()  # before the data loader starts its workers and pinning thread
+        self.start_run()
+
+    def start_run(self) -> None:
+        """A fresh staging folder, and the writer processes (before the data loader starts its own)."""
+        self.workdir = self.result.open()
+        self.pool.temp_folders = [self.workdir / folder for folder in OUTPUT_FOLDERS]
+        self.pool.start()
 
     def _start_iteration(self, _: Engine) -> None:
         self._iteration_started = time.perf_counter()
@@ -126,6 +142,8 @@ class InferenceWriter:
         meta = image.meta
         path = str(meta.get("filename_or_obj", ""))
         image_id = dicom_image_id(path, header=meta)
+        if self.workdir is None:
+            self.start_run()
         if image_id in self.seen:
             raise ValueError(f"SOPInstanceUID {image_id} already came from {self.seen[image_id]}; not written twice")
         # MONAI-loaded arrays are (cols, rows); outputs are in image orientation (rows, cols)
@@ -138,7 +156,7 @@ class InferenceWriter:
         if self.overlays:
             overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
         job = (
-            str(self.output_dir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
+            str(self.workdir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
             self.masks, self.seg, overlay,
         )  # fmt: skip
         self._record(self.pool.submit((image_id, path), job))
@@ -163,11 +181,12 @@ class InferenceWriter:
     def finish(self) -> dict:
         """Wait for the writers, then write ``submission.csv``, ``errors.csv`` and ``summary.json``; return the
         summary."""
+        if self.workdir is None:
+            self.start_run()
         self._record(self.pool.drain())
         self.pool.close()
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_rle_csv(self.output_dir / "submission.csv", self.rows, style="stage2")
-        with atomic_open(self.output_dir / "errors.csv", "w", newline="", encoding="utf-8") as handle:
+        write_rle_csv(self.workdir / "submission.csv", self.rows, style="stage2")
+        with atomic_open(self.workdir / "errors.csv", "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle, lineterminator="\n")
             writer.writerow(["file", "reason"])
             writer.writerows(self.errors)
@@ -194,8 +213,10 @@ class InferenceWriter:
             },
             **self.info,
         }
-        with atomic_open(self.output_dir / "summary.json", "w", encoding="utf-8") as handle:
+        with atomic_open(self.workdir / "summary.json", "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=4, default=str)
+        self.result.publish()
+        self.workdir = None
         logger.info(
             "%d images: %d positive, %d errors, %s non-DICOM files skipped; results in %s",
             processed,

@@ -43,7 +43,7 @@ class WriterPool:
         self.function = function
         self.requested_workers = int(workers)
         self.workers = self.requested_workers
-        self.temp_folders = [Path(folder) for folder in temp_folders]
+        self.temp_folders = [Path(folder) for folder in temp_folders]  # may be set again before each start
         self.backlog = backlog
         self._executor: ProcessPoolExecutor | None = None
         self._pending: deque[tuple[object, tuple, Future | object]] = deque()  # (tag, job, result), submission order

@@ -54,7 +54,7 @@ def prepare_studies(source: str | os.PathLike, studies: str | os.PathLike) -> di
     """
     studies = Path(studies)
     studies.mkdir(parents=True, exist_ok=True)
-    scan = scan_dicom_inputs(source)
+    scan = scan_dicom_inputs(source, allow_empty=True)
     linked, unreadable, duplicates = 0, 0, 0
     taken: dict[str, Path] = {}
     for path in scan.files:
