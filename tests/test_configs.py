@@ -37,7 +37,7 @@ def test_training_validation_and_inference_load_images_with_the_same_steps():
     validation = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
     assert validation == steps
     inference = [type(t).__name__ for t in infer.get_parsed_content("preprocessing").transforms]
-    assert inference == steps[:4] + ["Uint8ToFloatd"]
+    assert inference == ["SelectRadiographd", *steps[:4], "Uint8ToFloatd"]
 
 
 def test_any_loading_step_can_be_overridden_from_the_command_line():

@@ -149,14 +149,22 @@ def test_a_loader_worker_that_dies_is_reported_with_the_file_it_held(tmp_path):
     dataset = SafeDataset(items, transform=_dies_on_the_killer)
     loader = DataLoader(dataset, batch_size=1, num_workers=1)
     evaluator = FolderEvaluator(device=torch.device("cpu"), val_data_loader=loader, network=torch.nn.Identity())
-    with pytest.raises(LoaderWorkerDied, match=r"died while loading .*killer\.dcm \(pid \d+\)"):
+    with pytest.raises(LoaderWorkerDied, match=r"died while loading .*killer\.dcm \(pid \d+, killed by SIGKILL\)"):
         evaluator.run()
-    notes = dataset.notes
-    del dataset, loader, evaluator
+
+
+def test_the_loading_notes_go_with_their_dataset(tmp_path):
     import gc
 
+    from scripts.inference.engine import SafeDataset
+
+    dataset = SafeDataset([{"image": str(tmp_path / "a.dcm")}], transform=_dies_on_the_killer)
+    dataset[0]
+    notes = dataset.notes
+    assert dataset.held_by(os.getpid()) == str(tmp_path / "a.dcm")
+    del dataset
     gc.collect()
-    assert not notes.exists()  # the notes folder goes with the dataset
+    assert not notes.exists()
 
 
 # ------------------------------------------------------------------------------------------ reused output folders
@@ -187,7 +195,7 @@ def test_a_folder_with_results_is_refused_unless_overwrite_and_nothing_is_touche
     out = tmp_path / "out"
     _write_run(out, _items(tmp_path / "a", ["1.1"]))
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=r"output_dir .*out is not empty \(errors.csv, masks, seg, submission.csv, \.\.\.\): pass --overwrite true"):
+    with pytest.raises(ValueError, match=r"output_dir .*out is not empty \(errors.csv, masks, seg, skipped.csv, \.\.\.\): pass --overwrite true"):
         _write_run(out, _items(tmp_path / "b", ["2.2"]))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -260,3 +268,68 @@ def test_inference_on_an_empty_folder_exits_non_zero_and_keeps_the_old_results(t
     with pytest.raises(AssertionError, match="holds no DICOM file"):
         _run_inference(tmp_path / "empty", out, weights, "--overwrite", "true")
     assert (out / "submission.csv").read_text() == "ImageId,EncodedPixels\nold,-1\n"
+
+
+# ---------------------------------------------------------------------------------------------- input selection
+def _with_tags(path, **tags):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for keyword, value in tags.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "tags,reason",
+    [
+        ({"ViewPosition": "LL"}, "ViewPosition LL (the model is for PA, AP, absent)"),
+        ({"Modality": "CT", "BodyPartExamined": "ABDOMEN"}, "Modality CT (the model is for CR, DX); BodyPartExamined ABDOMEN"),
+        ({"Modality": "US"}, "Modality US"),
+        ({"BodyPartExamined": "KNEE"}, "BodyPartExamined KNEE"),
+    ],
+)
+def test_inputs_the_model_is_not_for_are_skipped_with_their_reason(tmp_path, tags, reason):
+    from scripts.inference.selection import NotSelected, SelectRadiographd
+
+    path = _with_tags(write_test_dicom(tmp_path / "x.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None), **tags)
+    with pytest.raises(NotSelected, match=__import__("re").escape(reason)):
+        SelectRadiographd("image")({"image": str(path)})
+
+
+@pytest.mark.parametrize("tags", [{}, {"ViewPosition": None, "BodyPartExamined": None}, {"Modality": "DX", "ViewPosition": "ap", "BodyPartExamined": "Chest"}])
+def test_frontal_chest_radiographs_and_absent_tags_pass(tmp_path, tags):
+    from scripts.inference.selection import SelectRadiographd
+
+    path = _with_tags(write_test_dicom(tmp_path / "x.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None), **tags)
+    assert SelectRadiographd("image")({"image": str(path)}) == {"image": str(path)}
+
+
+@pytest.mark.slow
+def test_inference_segments_the_frontal_radiograph_and_lists_the_lateral_one_as_skipped(tmp_path):
+    from tests.test_inference import _run_inference
+
+    pixels, mask = asymmetric_case(300, 220)
+    folder = tmp_path / "in"
+    write_test_dicom(folder / "pa.dcm", pixels, sop_instance_uid="1.2.826.0.1.3680043.8.498.1", jpeg_quality=None)
+    lateral = write_test_dicom(folder / "lat.dcm", pixels, sop_instance_uid="1.2.826.0.1.3680043.8.498.2", jpeg_quality=None)
+    _with_tags(lateral, ViewPosition="LL")
+    weights = tmp_path / "ckpt"
+    weights.mkdir()
+    torch.save(BrightnessNet().state_dict(), weights / "model.pt")
+    out = tmp_path / "out"
+    _run_inference(folder, out, weights)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["processed"] == 1 and summary["skipped_by_rules"] == 1 and summary["errors"] == 0
+    assert summary["dicom_files"] == 2
+    skipped = (out / "skipped.csv").read_text().splitlines()
+    assert skipped == ["file,reason", f'{lateral},"ViewPosition LL (the model is for PA, AP, absent)"']
+    assert [row.split(",")[0] for row in (out / "submission.csv").read_text().splitlines()[1:]] == ["1.2.826.0.1.3680043.8.498.1"]
+    # the rules are configurable: admitting lateral views segments both
+    out2 = tmp_path / "out2"
+    _run_inference(folder, out2, weights, "--input_rules#view_positions", "['PA','AP','LL','']")
+    assert json.loads((out2 / "summary.json").read_text())["processed"] == 2

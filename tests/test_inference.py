@@ -207,17 +207,20 @@ def test_bad_files_are_listed_with_reasons_and_the_rest_processed(inference_run,
     out = inference_run["out"]
     with open(out / "errors.csv", newline="") as handle:
         errors = list(csv.DictReader(handle))
-    assert sorted(Path(row["file"]).name for row in errors) == mixed_folder["bad"]
+    # a colour image is not broken but not what the model is for: the input rules skip it (skipped.csv)
+    assert sorted(Path(row["file"]).name for row in errors) == [name for name in mixed_folder["bad"] if name != "rgb.dcm"]
     reasons = {Path(row["file"]).name: row["reason"] for row in errors}
-    assert "samples per pixel" in reasons["rgb.dcm"]
+    with open(out / "skipped.csv", newline="") as handle:
+        skipped = {Path(row["file"]).name: row["reason"] for row in csv.DictReader(handle)}
+    assert list(skipped) == ["rgb.dcm"] and "3 samples per pixel" in skipped["rgb.dcm"]
     assert "no pixel data" in reasons["no_pixels.dcm"]
     assert all(reason.strip() for reason in reasons.values())
     summary = json.loads((out / "summary.json").read_text())
     assert summary["processed"] == len(mixed_folder["truth"])
-    assert summary["failed"] == summary["errors"] == len(mixed_folder["bad"])
+    assert summary["failed"] == summary["errors"] == len(mixed_folder["bad"]) - 1 and summary["skipped_by_rules"] == 1
     assert summary["skipped_non_dicom"] == mixed_folder["skipped"]
     assert summary["positive"] == sum(m.any() for m in mixed_folder["truth"].values())
-    assert summary["dicom_files"] == summary["processed"] + summary["failed"]
+    assert summary["dicom_files"] == summary["processed"] + summary["failed"] + summary["skipped_by_rules"]
     assert summary["seconds_per_image"] > 0 and summary["thresholds"]["top"] == 0.5
 
 
@@ -397,9 +400,8 @@ def test_a_failing_seg_is_an_error_of_its_own_and_the_image_keeps_its_row_and_ma
 def test_a_mask_that_cannot_be_written_loses_only_that_image(tmp_path, workers, monkeypatch):
     from types import SimpleNamespace
 
-    from scripts.inference.writer import InferenceWriter
-
     from scripts.inference import outputs
+    from scripts.inference.writer import InferenceWriter
 
     items, _ = _writer_items(tmp_path / "in")
     out = tmp_path / "out"

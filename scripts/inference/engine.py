@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
+import signal
 import tempfile
 import weakref
 from collections.abc import Callable, Sequence
@@ -21,17 +21,20 @@ from pathlib import Path
 from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
+from scripts.inference.selection import NotSelected
 from scripts.utils.errors import error_reason
 
-__all__ = ["ERROR_KEY", "PATH_KEY", "FolderEvaluator", "LoaderWorkerDied", "SafeDataset"]
+__all__ = ["ERROR_KEY", "PATH_KEY", "SKIP_KEY", "FolderEvaluator", "LoaderWorkerDied", "SafeDataset"]
 
 ERROR_KEY = "error"
+SKIP_KEY = "skipped"
 PATH_KEY = "image_path"
 logger = logging.getLogger(__name__)
 
 
 class SafeDataset(Dataset):
-    """A MONAI ``Dataset`` whose items that fail in ``transform`` become ``{"error": reason, "image_path": path}``.
+    """A MONAI ``Dataset`` whose items that fail in ``transform`` become ``{"error": reason, "image_path": path}``,
+    and whose items the input rules leave out (``scripts.inference.selection``) ``{"skipped": reason, ...}``.
 
     Use it with ``batch_size=1`` (full-resolution radiographs differ in size anyway) and :class:`FolderEvaluator`.
     Each process notes the file it is loading (one small file per process in a temporary folder), so that
@@ -60,6 +63,10 @@ class SafeDataset(Dataset):
         try:
             return super()._transform(index)
         except Exception as error:  # any failure of one file must not stop the others
+            cause = _innermost(error)
+            if isinstance(cause, NotSelected):
+                logger.info("skipped %s: %s", path, cause)
+                return {SKIP_KEY: str(cause), PATH_KEY: path}
             reason = error_reason(error)
             logger.warning("cannot load %s: %s", path, reason)
             return {ERROR_KEY: reason, PATH_KEY: path}
@@ -75,20 +82,44 @@ class FolderEvaluator(SupervisedEvaluator):
     def run(self, global_epoch: int = 1) -> None:
         try:
             super().run(global_epoch)
-        except RuntimeError as error:
-            died = _dead_worker_pids(str(error))
+        except (RuntimeError, OSError, EOFError) as error:
+            # A dead worker shows as PyTorch's "DataLoader worker ... exited unexpectedly", or, when it dies while
+            # handing over a tensor, as a reset connection: ask the loader which of its workers are gone.
             dataset = getattr(self.data_loader, "dataset", None)
-            if not died or not isinstance(dataset, SafeDataset):
+            dead: list[tuple[int, int]] = []
+            for _ in range(3):  # PyTorch's SIGCHLD handler may raise the same death again while we look
+                try:
+                    dead = self._stop_loader_workers()
+                    break
+                except RuntimeError:
+                    continue
+            if not dead or not isinstance(dataset, SafeDataset):
                 raise
-            held = [f"{dataset.held_by(pid) or 'an unknown file'} (pid {pid})" for pid in died]
+            held = [f"{dataset.held_by(pid) or 'an unknown file'} (pid {pid}, {_exit_reason(code)})" for pid, code in dead]
             raise LoaderWorkerDied(
-                f"a data loader worker died while loading {', '.join(held)}: {str(error).splitlines()[0]} "
-                "(out of memory? see errors.csv of a run without that file, or lower num_workers)"
+                f"a data loader worker died while loading {', '.join(held)} (out of memory? a crash in a decoder? "
+                "the other files are fine: leave that one out, or lower num_workers)"
             ) from error
 
+    def _setup_dataloader_iter(self) -> None:
+        super()._setup_dataloader_iter()
+        self._loader_iterator = self._dataloader_iter  # Ignite forgets it on an error; the error needs it
+
+    def _stop_loader_workers(self) -> list[tuple[int, int]]:
+        """``(pid, exit code)`` of the loader's workers that have died; then end the others and unregister them from
+        PyTorch's SIGCHLD handler, which would otherwise raise the same death again at any later moment."""
+        iterator = getattr(self, "_loader_iterator", None)
+        workers = list(getattr(iterator, "_workers", []))
+        dead = [(worker.pid, worker.exitcode) for worker in workers if worker.exitcode is not None]
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._loader_iterator = None
+        return dead
+
     def _iteration(self, engine: SupervisedEvaluator, batchdata: dict) -> dict:
-        if isinstance(batchdata, dict) and ERROR_KEY in batchdata:
-            engine.state.output = {ERROR_KEY: batchdata[ERROR_KEY], PATH_KEY: batchdata[PATH_KEY]}
+        if isinstance(batchdata, dict) and (ERROR_KEY in batchdata or SKIP_KEY in batchdata):
+            engine.state.output = {key: batchdata[key] for key in (ERROR_KEY, SKIP_KEY, PATH_KEY) if key in batchdata}
             return engine.state.output
         return super()._iteration(engine, batchdata)
 
@@ -97,12 +128,21 @@ class LoaderWorkerDied(RuntimeError):
     """A data loader worker process ended without an error of its own; the message names the file it held."""
 
 
-def _dead_worker_pids(message: str) -> list[int]:
-    """The pids in PyTorch's "DataLoader worker (pid(s) 12, 34) exited unexpectedly" / "... is killed by signal"."""
-    match = re.search(r"DataLoader worker \(pids?(?:\(s\))? ([\d, ]+)\)", message)
-    return [int(pid) for pid in re.findall(r"\d+", match.group(1))] if match else []
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
 
 
 def _remove_notes(folder: Path, owner: int) -> None:
     if os.getpid() == owner:  # not from a forked loader worker
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error

@@ -27,7 +27,7 @@ import numpy as np
 from ignite.engine import Engine, Events
 
 from scripts.data.labels import to_image_orientation
-from scripts.inference.engine import ERROR_KEY, PATH_KEY
+from scripts.inference.engine import ERROR_KEY, PATH_KEY, SKIP_KEY
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
 from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
 from scripts.inference.result_folder import ResultFolder
@@ -86,6 +86,7 @@ class InferenceWriter:
     def _reset(self) -> None:
         self.rows: list[tuple[str, str]] = []
         self.errors: list[tuple[str, str]] = []
+        self.skipped: list[tuple[str, str]] = []
         self.failed_inputs = 0
         self.seen: dict[str, str] = {}
         self.seconds: list[float] = []
@@ -119,6 +120,9 @@ class InferenceWriter:
 
     def __call__(self, engine: Engine) -> None:
         output = engine.state.output
+        if isinstance(output, dict) and SKIP_KEY in output:
+            self.skipped.extend((str(path), str(reason)) for path, reason in zip(output[PATH_KEY], output[SKIP_KEY]))
+            return
         if isinstance(output, dict) and ERROR_KEY in output:
             for path, reason in zip(output[PATH_KEY], output[ERROR_KEY]):
                 self.errors.append((str(path), str(reason)))
@@ -186,20 +190,22 @@ class InferenceWriter:
         self._record(self.pool.drain())
         self.pool.close()
         write_rle_csv(self.workdir / "submission.csv", self.rows, style="stage2")
-        with atomic_open(self.workdir / "errors.csv", "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["file", "reason"])
-            writer.writerows(self.errors)
+        for name, records in (("errors.csv", self.errors), ("skipped.csv", self.skipped)):
+            with atomic_open(self.workdir / name, "w", newline="", encoding="utf-8") as handle:
+                writer = csv.writer(handle, lineterminator="\n")
+                writer.writerow(["file", "reason"])
+                writer.writerows(records)
         elapsed = time.perf_counter() - self._started
         processed = len(self.rows)
         positives = sum(encoded != rle.EMPTY for _, encoded in self.rows)
         summary = {
-            "dicom_files": processed + self.failed_inputs,
+            "dicom_files": processed + self.failed_inputs + len(self.skipped),
             "processed": processed,
             "positive": positives,
             "empty": processed - positives,
             "failed": self.failed_inputs,
             "errors": len(self.errors),
+            "skipped_by_rules": len(self.skipped),
             "skipped_non_dicom": len(self.scan.skipped) if self.scan is not None else None,
             "seconds_total": round(elapsed, 3),
             "seconds_per_image": round(float(np.mean(self.seconds)), 4) if self.seconds else None,
@@ -207,6 +213,7 @@ class InferenceWriter:
             "outputs": {
                 "submission": "submission.csv",
                 "errors": "errors.csv",
+                "skipped": "skipped.csv",
                 "masks": "masks/" if self.masks else None,
                 "seg": "seg/" if self.seg else None,
                 "overlays": "overlays/" if self.overlays else None,
