@@ -333,3 +333,78 @@ def test_inference_segments_the_frontal_radiograph_and_lists_the_lateral_one_as_
     out2 = tmp_path / "out2"
     _run_inference(folder, out2, weights, "--input_rules#view_positions", "['PA','AP','LL','']")
     assert json.loads((out2 / "summary.json").read_text())["processed"] == 2
+
+
+# ------------------------------------------------------------------------------------------- killed inference runs
+def _descendants(pid):
+    children = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pids):
+    alive = []
+    for pid in pids:
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.append(pid)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_inference_run_leaves_no_processes_and_its_folder_as_it_was(tmp_path, how):
+    import signal
+    import time
+
+    from tests.conftest import COMMON, config_files
+
+    folder = tmp_path / "in"
+    pixels, _ = asymmetric_case(300, 220)
+    for i in range(120):
+        write_test_dicom(folder / f"{i}.dcm", pixels, sop_instance_uid=f"1.2.826.0.1.3680043.8.498.{i + 1}", jpeg_quality=None)
+    weights = tmp_path / "ckpt"
+    weights.mkdir()
+    torch.save(BrightnessNet().state_dict(), weights / "model.pt")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("ImageId,EncodedPixels\nold,-1\n")
+    command = [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", config_files(COMMON, "configs/inference.json", str(REPO / "tests/configs/inference_brightness.json")),
+        "--bundle_root", str(REPO), "--dataset_dir", str(folder), "--output_dir", str(out), "--ckpt_dir", str(weights),
+        "--overwrite", "true", "--num_workers", "2", "--write_workers", "2", "--write_overlays", "true",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=REPO, env=bundle_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        staging = list(tmp_path.glob(".out.partial-*/masks/*.png"))
+        if len(_descendants(process.pid)) >= 4 and staging:  # loader and writer processes at work
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, process.stderr.read().decode()[-3000:]
+    children = _descendants(process.pid)
+    process.send_signal(getattr(signal, how))
+    code = process.wait(timeout=60)
+    deadline = time.monotonic() + 20
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _alive(children) == [], f"orphans after {how}"
+    assert code == (-9 if how == "SIGKILL" else 143), process.stderr.read().decode()[-3000:]
+    assert (out / "submission.csv").read_text() == "ImageId,EncodedPixels\nold,-1\n"  # the previous results
+    if how == "SIGTERM":  # a clean end: no staging folder left either
+        assert not list(tmp_path.glob(".out.partial-*"))

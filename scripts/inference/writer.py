@@ -20,6 +20,8 @@ import csv
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -103,11 +105,25 @@ class InferenceWriter:
         """The run failed: stop the writers and let the error through (Ignite re-raises only without handlers)."""
         self.pool.close(cancel=True)
         self.result.discard()
+        self._restore_sigterm()
         raise error
 
     def _start(self, _: Engine) -> None:
         self._reset()
+        self._catch_sigterm()
         self.start_run()
+
+    def _catch_sigterm(self) -> None:
+        """SIGTERM (``kill``, a scheduler's timeout) ends the run as cleanly as Ctrl-C: writers stopped, staging
+        removed, ``output_dir`` as it was, exit code 143."""
+        self._previous_sigterm = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _terminate)
+
+    def _restore_sigterm(self) -> None:
+        if getattr(self, "_previous_sigterm", None) is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
 
     def start_run(self) -> None:
         """A fresh staging folder, and the writer processes (before the data loader starts its own)."""
@@ -224,6 +240,7 @@ class InferenceWriter:
             json.dump(summary, handle, indent=4, default=str)
         self.result.publish()
         self.workdir = None
+        self._restore_sigterm()
         logger.info(
             "%d images: %d positive, %d errors, %s non-DICOM files skipped; results in %s",
             processed,
@@ -233,3 +250,7 @@ class InferenceWriter:
             self.output_dir,
         )
         return summary
+
+
+def _terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
