@@ -408,3 +408,61 @@ def test_a_killed_inference_run_leaves_no_processes_and_its_folder_as_it_was(tmp
     assert (out / "submission.csv").read_text() == "ImageId,EncodedPixels\nold,-1\n"  # the previous results
     if how == "SIGTERM":  # a clean end: no staging folder left either
         assert not list(tmp_path.glob(".out.partial-*"))
+
+
+# ------------------------------------------------------------------------------------- bad files among training data
+def _training_folder(root, n=6):
+    from scripts.siim.rle_csv import write_rle_csv
+
+    pixels, mask = asymmetric_case(60, 40)
+    rows = []
+    for i in range(n):
+        uid = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+        write_test_dicom(root / "dicom-images-train" / f"{i}" / f"{uid}.dcm", pixels, sop_instance_uid=uid, jpeg_quality=None)
+        rows.append((uid, rle.encode(mask) if i % 2 else "-1"))
+    write_rle_csv(root / "train-rle.csv", rows, style="stage1")
+    return root
+
+
+def _spoil(root):
+    """Three bad files among good ones: truncated, a PNG under a DICOM's name, an annotation past the image's end."""
+    files = sorted((root / "dicom-images-train").rglob("*.dcm"))
+    data = files[0].read_bytes()
+    files[0].write_bytes(data[: len(data) // 2])
+    _png(files[1])
+    uid = files[2].stem
+    csv_text = (root / "train-rle.csv").read_text().replace(f"{uid}, -1", f"{uid}, 2000 500")
+    (root / "train-rle.csv").write_text(csv_text)
+    return files[:3]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_all_bad_training_files_are_listed_at_once_before_training(tmp_path, workers):
+    from scripts.data.checks import check_datalist
+    from scripts.siim.datalist import load_fold
+
+    bad = _spoil(_training_folder(tmp_path / "siim", n=80 if workers > 1 else 6))
+    datalist = load_fold(tmp_path / "siim", fold=0, n_folds=2)
+    report = tmp_path / "datalist.bad_files.csv"
+    with pytest.raises(ValueError, match=r"3 of \d+ training and validation files cannot be used") as raised:
+        check_datalist(datalist, report=report, workers=workers)
+    message = str(raised.value)
+    assert f"{bad[0]}: truncated" in message and f"{bad[1]}: a PNG image, not DICOM" in message
+    assert f"{bad[2]}: annotation runs past the end of the 60 x 40 image" in message
+    assert "--skip_bad_files true" in message and len(report.read_text().splitlines()) == 4
+    kept = check_datalist(datalist, report=report, skip_bad="true", workers=workers)
+    images = {item["image"] for key in ("training", "validation") for item in kept[key]}
+    assert not images & {str(path) for path in bad} and len(images) == sum(map(len, datalist.values())) - 3
+
+
+@pytest.mark.slow
+def test_training_with_a_bad_file_stops_in_one_message_or_leaves_it_out(tmp_path):
+    from tests.conftest import run_bundle
+    from tests.test_bundle_training import train_args
+
+    _spoil(_training_folder(tmp_path / "siim", n=20))
+    result = run_bundle(train_args(tmp_path / "siim", tmp_path / "a", max_epochs=1), check=False)
+    assert result.returncode != 0 and "3 of 20 training and validation files cannot be used" in result.stderr
+    result = run_bundle(train_args(tmp_path / "siim", tmp_path / "b", max_epochs=1, skip_bad_files="true"))
+    assert (tmp_path / "b" / "train" / "datalist.bad_files.csv").is_file()
+    assert torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
