@@ -466,3 +466,63 @@ def test_training_with_a_bad_file_stops_in_one_message_or_leaves_it_out(tmp_path
     result = run_bundle(train_args(tmp_path / "siim", tmp_path / "b", max_epochs=1, skip_bad_files="true"))
     assert (tmp_path / "b" / "train" / "datalist.bad_files.csv").is_file()
     assert torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- readable errors
+def test_an_unreadable_checkpoint_says_what_is_wrong_with_it(tmp_path):
+    from scripts.training.checkpoints import load_weights
+
+    torch.save(torch.nn.Conv2d(1, 1, 1).state_dict(), tmp_path / "whole.pt")
+    data = (tmp_path / "whole.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    for name in ("cut.pt", "empty.pt"):
+        with pytest.raises(ValueError, match=rf"{name}: cannot be read as PyTorch weights \(\w+.*; \d+ bytes\): a truncated copy"):
+            load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / name)
+
+
+@pytest.mark.slow
+def test_a_failing_command_prints_one_message_naming_the_file_unless_debugging(tmp_path):
+    from tests.conftest import COMMON, config_files, run_bundle
+    from tests.test_bundle_training import META
+    from tests.test_inference import BRIGHTNESS
+
+    write_test_dicom(tmp_path / "in" / "a.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    (tmp_path / "ckpt").mkdir()
+    args = ["run", "--config_file", config_files(COMMON, "configs/inference.json", BRIGHTNESS), "--meta_file", META,
+            "--bundle_root", str(REPO), "--dataset_dir", str(tmp_path / "in"), "--output_dir", str(tmp_path / "out"),
+            "--ckpt_dir", str(tmp_path / "ckpt")]  # fmt: skip
+    result = run_bundle(args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"error: FileNotFoundError: no weights at {tmp_path / 'ckpt' / 'model.pt'}" in result.stderr
+    debug = run_bundle([*args, "--debug", "true"], check=False)
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
+
+
+@pytest.mark.slow
+def test_evaluating_weights_of_another_network_names_the_file(tiny_siim, tmp_path):
+    from tests.conftest import run_bundle
+    from tests.test_bundle_training import train_args
+
+    (tmp_path / "models").mkdir()
+    torch.save(torch.nn.Conv2d(1, 1, 1).state_dict(), tmp_path / "models" / "model.pt")
+    args = train_args(tiny_siim, tmp_path, "configs/evaluate.json")
+    result = run_bundle(args, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{tmp_path / 'models' / 'model.pt'}: weights of another network than network_def" in result.stderr
+
+
+def test_a_source_with_a_malformed_study_date_costs_only_its_seg_with_the_reason(tmp_path):
+    import pydicom
+
+    items = _items(tmp_path / "a", ["1.1", "1.2"])
+    source = Path(items[0]["image"].meta["filename_or_obj"])
+    ds = pydicom.dcmread(source)
+    with pydicom.config.disable_value_validation():
+        ds.StudyDate = "2026-13-45"
+    ds.save_as(source)
+    summary = _write_run(tmp_path / "out", items)
+    assert summary["processed"] == 2 and summary["errors"] == 1
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert "DICOM SEG not written: ValueError: StudyDate '2026-13-45' of the source is not a DICOM YYYYMMDD value" in errors
+    assert [p.name for p in (tmp_path / "out" / "seg").iterdir()] == ["1.2.dcm"]

@@ -14,9 +14,10 @@ from monai.bundle import ConfigParser, ConfigWorkflow
 from PIL import Image
 
 from scripts.inference.dicom_seg import read_segmentation_mask
-from scripts.inference.ensemble import AveragedProbabilities, load_weights
+from scripts.inference.ensemble import AveragedProbabilities
 from scripts.inference.inputs import is_dicom_file, scan_dicom_inputs
 from scripts.siim import rle
+from scripts.training.checkpoints import load_weights
 from scripts.utils.files import safe_name
 from tests.conftest import COMMON, REPO, config_files, run_bundle
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
@@ -305,7 +306,7 @@ def test_weights_load_only_as_plain_state_dicts(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights at"):
         load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "missing.pt")
     torch.save(torch.nn.Conv2d(1, 2, 1).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt: weights do not fit"):
+    with pytest.raises(ValueError, match="other.pt: weights of another network than network_def"):
         load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "other.pt")
 
 

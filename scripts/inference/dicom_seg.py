@@ -78,6 +78,7 @@ def write_segmentation(
     # A projection radiograph has no frame of reference; highdicom would still copy its PixelSpacing into a Pixel
     # Measures sequence without SliceThickness, which highdicom itself then refuses to read back. The SEG is tied
     # to its source pixel for pixel (same Rows x Columns, spatial locations preserved), so it needs no spacing.
+    _check_dates_and_times(source)
     source = copy.deepcopy(source)
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
         if keyword in source:
@@ -124,3 +125,22 @@ def read_segmentation_mask(path: str | os.PathLike) -> np.ndarray:
         source_sop_instance_uids=[source_uid], segment_numbers=[1], combine_segments=True
     )
     return np.asarray(pixels[0], dtype=np.uint8)
+
+
+#: Date and time attributes highdicom copies from the source: a malformed one is named, not a highdicom traceback.
+_DATES = ("StudyDate", "PatientBirthDate", "SeriesDate", "ContentDate")
+_TIMES = ("StudyTime", "SeriesTime", "ContentTime")
+
+
+def _check_dates_and_times(source: pydicom.Dataset) -> None:
+    from pydicom.valuerep import DA, TM
+
+    for keywords, kind, form in ((_DATES, DA, "YYYYMMDD"), (_TIMES, TM, "HHMMSS")):
+        for keyword in keywords:
+            value = source.get(keyword)
+            if value in (None, ""):
+                continue
+            try:
+                kind(str(value))
+            except (ValueError, TypeError):
+                raise ValueError(f"{keyword} {str(value)[:40]!r} of the source is not a DICOM {form} value") from None

@@ -1,7 +1,5 @@
 """The network inference runs: one or several checkpoints, with or without flip test-time augmentation.
 
-* :func:`load_weights`: ``weights_only=True`` loading of ``models/model.pt``-style state dicts, with errors that say
-  what is wrong with the file;
 * :class:`AveragedProbabilities`: checkpoints and/or horizontal-flip TTA averaged as probabilities, as the top SIIM
   solutions did; it returns the logit of the mean probability, so the usual ``sigmoid`` post-processing (and
   everything built on the raw network, like MONAI Label) stays the same.
@@ -12,43 +10,16 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import pickle
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
-from scripts.utils.errors import error_reason
+from scripts.training.checkpoints import load_weights
 from scripts.utils.flags import switches
 
-__all__ = ["AveragedProbabilities", "load_weights"]
+__all__ = ["AveragedProbabilities"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a plain ``state_dict`` (``models/model.pt``) into ``network`` with ``weights_only=True``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``, with a hint on where weights come from.
-        ValueError: the file is not a state dict of this network.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no weights at {path}: train the bundle first (models/model.pt), or pass --ckpt_dir / --checkpoints"
-        )
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(f"{path}: not a plain state_dict of tensors (refused by weights_only loading): {error_reason(error)}") from error
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        raise ValueError(f"{path}: weights do not fit network_def: {error_reason(error)}") from error
-    return network
 
 
 class AveragedProbabilities(torch.nn.Module):

@@ -3,6 +3,8 @@
 * :class:`BestModelSaver` (attached to the validator) writes ``models/model.pt``, a plain ``state_dict`` that
   loads with ``torch.load(weights_only=True)``, whenever the key metric improves, plus a small JSON record of the
   score and epoch beside it.
+* :func:`load_weights` / :class:`LoadBestModel`: ``weights_only=True`` loading of ``models/model.pt``, with errors
+  that say what is wrong with the file (inference and evaluation);
 * :class:`TrainingCheckpoint` (attached to the trainer) writes ``<ckpt_dir>/checkpoint.pt`` after every epoch:
   network, optimizer, LR scheduler, AMP grad scaler, the trainer's epoch and iteration, and the random number
   generator states. With ``resume=True`` it loads that file when training starts, so a killed run continues from
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,12 +29,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from scripts.utils.distributed import is_main_process, unwrap
+from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
 from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "ReportSavedModel", "TrainingCheckpoint"]
+__all__ = ["BestModelSaver", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -176,6 +180,49 @@ class ReportSavedModel:
             "model: %s (%s %.4f at epoch %s; resume state in the training checkpoint)",
             self.path, saved.get("metric"), float(saved.get("score", float("nan"))), saved.get("epoch"),
         )  # fmt: skip
+
+
+def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Load a plain ``state_dict`` (``models/model.pt``) into ``network`` with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``, with a hint on where weights come from.
+        ValueError: the file is not a state dict of this network.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no weights at {path}: train the bundle first (models/model.pt), or pass --ckpt_dir / --checkpoints"
+        )
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(f"{path}: not a plain state_dict of tensors (refused by weights_only loading): {error_reason(error)}") from error
+    except Exception as error:  # truncated, empty, not a torch file: torch's messages range from clear to empty
+        raise ValueError(
+            f"{path}: cannot be read as PyTorch weights ({error_reason(error)}; {path.stat().st_size} bytes): "
+            "a truncated copy, or not a file saved by torch.save?"
+        ) from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])
+        raise ValueError(f"{path}: weights of another network than network_def ({detail[:400]})") from error
+    return network
+
+
+class LoadBestModel:
+    """Load ``path`` (``models/model.pt``) into ``network`` when the engine starts (evaluation), with
+    :func:`load_weights`' errors: a missing file, a truncated one, or weights of another network, each named."""
+
+    def __init__(self, network: torch.nn.Module, path: str | os.PathLike) -> None:
+        self.network, self.path = network, Path(path)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda _: load_weights(unwrap(self.network), self.path, "cpu"))
 
 
 def _as_tuples(value):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["error_reason"]
+__all__ = ["error_reason", "short_tracebacks"]
 
 
 def error_reason(error: BaseException) -> str:
@@ -11,3 +11,47 @@ def error_reason(error: BaseException) -> str:
         error = error.__cause__
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
+
+
+def short_tracebacks(debug: object = False) -> None:
+    """From now on an uncaught error prints as one message, its innermost cause (``Type: message``, every line of
+    it), instead of a long MONAI/Ignite traceback; ``debug`` (``--debug true``) or the environment variable
+    ``SIIM_DEBUG=1`` keeps Python's full traceback."""
+    import os
+    import sys
+
+    from scripts.utils.flags import as_flag
+
+    if as_flag(debug, "debug") or as_flag(os.environ.get("SIIM_DEBUG", "0"), "SIIM_DEBUG"):
+        sys.excepthook = sys.__excepthook__
+        return
+
+    def one_message(kind, error, traceback) -> None:
+        if issubclass(kind, KeyboardInterrupt):
+            sys.__excepthook__(kind, error, traceback)
+            return
+        cause = _bundle_cause(error)
+        text = str(cause).strip()
+        print(f"error: {type(cause).__name__}: {text}" if text else f"error: {type(cause).__name__}", file=sys.stderr)
+        print("(--debug true or SIIM_DEBUG=1 shows the full traceback)", file=sys.stderr)
+
+    sys.excepthook = one_message
+
+
+def _bundle_cause(error: BaseException) -> BaseException:
+    """The innermost error this bundle's own code raised (it names the file and the problem), else the innermost."""
+    import os
+
+    own = os.sep + "scripts" + os.sep
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    for candidate in reversed(chain):
+        frames = []
+        traceback = candidate.__traceback__
+        while traceback is not None:
+            frames.append(traceback.tb_frame.f_code.co_filename)
+            traceback = traceback.tb_next
+        if frames and own in frames[-1]:
+            return candidate
+    return chain[-1]
