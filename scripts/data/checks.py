@@ -9,7 +9,6 @@ exists). Files are checked in parallel processes.
 
 from __future__ import annotations
 
-import csv
 import logging
 import multiprocessing
 import os
@@ -20,10 +19,10 @@ from pathlib import Path
 
 import pydicom
 
-from scripts.data.reader import DEFAULT_MAX_PIXELS, file_problem, size_problem
+from scripts.data.reader import DEFAULT_MAX_PIXELS, declared_size, file_problem, header_problem, max_file_bytes
 from scripts.siim.datalist import LABEL_FILE_SUFFIXES
 from scripts.siim.rle import parse_runs
-from scripts.utils.files import atomic_open
+from scripts.utils.files import write_reasons_csv
 from scripts.utils.flags import switches
 
 __all__ = ["check_datalist", "item_problem"]
@@ -36,7 +35,7 @@ _SHOWN = 20
 def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
     """Why this datalist item cannot be trained on, or None."""
     path = str(item.get("image", ""))
-    problem = file_problem(path, max_bytes=8 * max_pixels + (64 << 20))
+    problem = file_problem(path, max_bytes=max_file_bytes(max_pixels))
     if problem:
         return problem
     try:
@@ -47,12 +46,7 @@ def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
         return f"not a readable DICOM file ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
     if any("End of file reached" in str(warning.message) for warning in caught):
         return "truncated (the file ends inside its data)"
-    if "PixelData" not in ds:
-        return "no pixel data"
-    samples, frames = int(getattr(ds, "SamplesPerPixel", 1) or 1), int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if samples != 1 or frames != 1:
-        return f"{samples} samples per pixel, {frames} frames: a single grey-scale frame is needed"
-    problem = size_problem(ds, max_pixels)
+    problem = header_problem(ds, max_pixels)
     if problem:
         return problem
     rows, cols = int(ds.Rows), int(ds.Columns)
@@ -61,7 +55,7 @@ def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
         length = getattr(element, "length", None)
         if length is None:
             length = len(element.value or b"")
-        expected = rows * cols * max(1, (int(getattr(ds, "BitsAllocated", 8) or 8) + 7) // 8)
+        expected = rows * cols * declared_size(ds)["bytes_per_sample"]
         if length < expected:
             return f"truncated: its pixel data holds {length} bytes, {rows} x {cols} needs {expected}"
     label = item.get("label")
@@ -108,10 +102,7 @@ def check_datalist(
     if not bad:
         return datalist
     rows = [(str(item.get("image")), bad[id(item)]) for item in items if id(item) in bad]
-    with atomic_open(report, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["file", "reason"])
-        writer.writerows(rows)
+    write_reasons_csv(report, rows)
     listed = "\n".join(f"  {path}: {reason}" for path, reason in rows[:_SHOWN])
     more = f"\n  ... and {len(rows) - _SHOWN} more" if len(rows) > _SHOWN else ""
     if not skip_bad:

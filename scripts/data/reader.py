@@ -26,7 +26,17 @@ from monai.config import KeysCollection
 from monai.data import PydicomReader
 from monai.transforms import LoadImage, MapTransform
 
-__all__ = ["DEFAULT_MAX_PIXELS", "RADIOGRAPH_TAGS", "LoadRadiographd", "RadiographReader", "declared_size"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "RADIOGRAPH_TAGS",
+    "LoadRadiographd",
+    "RadiographReader",
+    "declared_size",
+    "file_problem",
+    "header_problem",
+    "max_file_bytes",
+    "size_problem",
+]
 
 #: Tags copied into a loaded image's metadata as plain values (collatable, readable by transforms).
 RADIOGRAPH_TAGS = ("PhotometricInterpretation", "BitsStored", "SOPInstanceUID", "Rows", "Columns")
@@ -71,7 +81,7 @@ class RadiographReader(PydicomReader):
     def read(self, data, **kwargs):
         names = list(data) if isinstance(data, (list, tuple)) else [data]
         for name in names:
-            problem = file_problem(name, max_bytes=8 * self.max_pixels + (64 << 20))
+            problem = file_problem(name, max_bytes=max_file_bytes(self.max_pixels))
             if problem:
                 raise ValueError(f"{name}: {problem}")
         try:
@@ -80,16 +90,7 @@ class RadiographReader(PydicomReader):
             raise ValueError(f"{names[0] if len(names) == 1 else names}: not a DICOM file ({error})") from error
 
     def _get_array_data(self, img, filename):
-        samples = int(getattr(img, "SamplesPerPixel", 1))
-        if samples != 1:
-            photometric = getattr(img, "PhotometricInterpretation", "?")
-            raise ValueError(f"{filename}: {samples} samples per pixel ({photometric}); a greyscale radiograph is needed")
-        frames = int(getattr(img, "NumberOfFrames", 1) or 1)
-        if frames != 1:
-            raise ValueError(f"{filename}: {frames} frames; a single-frame radiograph is needed")
-        if "PixelData" not in img:
-            raise ValueError(f"{filename}: no pixel data")
-        problem = size_problem(img, self.max_pixels)
+        problem = header_problem(img, self.max_pixels)
         if problem:
             raise ValueError(f"{filename}: {problem}")
         try:
@@ -163,6 +164,25 @@ def file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
             if head.startswith(magic):
                 return f"{what}, not DICOM"
     return None
+
+
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file a radiograph within ``max_pixels`` can be: 8 bytes a pixel and room for its header."""
+    return 8 * int(max_pixels) + (64 << 20)
+
+
+def header_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
+    """Why the header of ``ds`` is not that of a single-frame grey-scale radiograph that is safe to decode, or None."""
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        photometric = getattr(ds, "PhotometricInterpretation", "?")
+        return f"{samples} samples per pixel ({photometric}); a greyscale radiograph is needed"
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames != 1:
+        return f"{frames} frames; a single-frame radiograph is needed"
+    if "PixelData" not in ds:
+        return "no pixel data"
+    return size_problem(ds, max_pixels)
 
 
 def declared_size(ds: pydicom.Dataset) -> dict[str, int | tuple[int, int] | None]:

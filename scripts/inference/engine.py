@@ -22,7 +22,7 @@ from monai.data import Dataset
 from monai.engines import SupervisedEvaluator
 
 from scripts.inference.selection import NotSelected
-from scripts.utils.errors import error_reason
+from scripts.utils.errors import error_reason, innermost
 
 __all__ = ["ERROR_KEY", "PATH_KEY", "SKIP_KEY", "FolderEvaluator", "LoaderWorkerDied", "SafeDataset"]
 
@@ -63,7 +63,7 @@ class SafeDataset(Dataset):
         try:
             return super()._transform(index)
         except Exception as error:  # any failure of one file must not stop the others
-            cause = _innermost(error)
+            cause = innermost(error)
             if isinstance(cause, NotSelected):
                 logger.info("skipped %s: %s", path, cause)
                 return {SKIP_KEY: str(cause), PATH_KEY: path}
@@ -141,8 +141,3 @@ def _remove_notes(folder: Path, owner: int) -> None:
     if os.getpid() == owner:  # not from a forked loader worker
         shutil.rmtree(folder, ignore_errors=True)
 
-
-def _innermost(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error

@@ -16,7 +16,6 @@ image is recorded and the next image goes on.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ from scripts.siim import rle
 from scripts.siim.image_id import dicom_image_id
 from scripts.siim.rle_csv import write_rle_csv
 from scripts.utils.errors import error_reason
-from scripts.utils.files import atomic_open, safe_name
+from scripts.utils.files import atomic_open, safe_name, write_reasons_csv
 from scripts.utils.flags import switches
 
 __all__ = ["InferenceWriter"]
@@ -206,11 +205,8 @@ class InferenceWriter:
         self._record(self.pool.drain())
         self.pool.close()
         write_rle_csv(self.workdir / "submission.csv", self.rows, style="stage2")
-        for name, records in (("errors.csv", self.errors), ("skipped.csv", self.skipped)):
-            with atomic_open(self.workdir / name, "w", newline="", encoding="utf-8") as handle:
-                writer = csv.writer(handle, lineterminator="\n")
-                writer.writerow(["file", "reason"])
-                writer.writerows(records)
+        write_reasons_csv(self.workdir / "errors.csv", self.errors)
+        write_reasons_csv(self.workdir / "skipped.csv", self.skipped)
         elapsed = time.perf_counter() - self._started
         processed = len(self.rows)
         positives = sum(encoded != rle.EMPTY for _, encoded in self.rows)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-__all__ = ["error_reason", "short_tracebacks"]
+__all__ = ["error_reason", "innermost", "short_tracebacks"]
+
+
+def innermost(error: BaseException) -> BaseException:
+    """The last error of ``error``'s ``__cause__`` chain (MONAI wraps transform errors in RuntimeErrors)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
 
 
 def error_reason(error: BaseException) -> str:
-    """The innermost cause of ``error`` as ``Type: message`` (MONAI wraps transform errors in RuntimeErrors)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
+    """The innermost cause of ``error`` as ``Type: message``."""
+    error = innermost(error)
     message = str(error).strip().splitlines()[0] if str(error).strip() else ""
     return f"{type(error).__name__}: {message}" if message else type(error).__name__
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "safe_name"]
+__all__ = ["atomic_open", "safe_name", "write_reasons_csv"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -39,6 +40,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def write_reasons_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> None:
+    """A ``file,reason`` CSV (errors, skipped inputs, bad training files), atomically."""
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["file", "reason"])
+        writer.writerows(rows)
 
 
 def _umask() -> int:
