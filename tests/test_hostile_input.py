@@ -526,3 +526,78 @@ def test_a_source_with_a_malformed_study_date_costs_only_its_seg_with_the_reason
     errors = (tmp_path / "out" / "errors.csv").read_text()
     assert "DICOM SEG not written: ValueError: StudyDate '2026-13-45' of the source is not a DICOM YYYYMMDD value" in errors
     assert [p.name for p in (tmp_path / "out" / "seg").iterdir()] == ["1.2.dcm"]
+
+
+def _with_name(path, stored: bytes, character_set):
+    """Rewrite ``path`` with PatientName stored as exactly ``stored`` under ``character_set`` (None: undeclared)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    with pydicom.config.disable_value_validation():
+        if character_set is None:
+            del ds.SpecificCharacterSet
+        else:
+            ds.SpecificCharacterSet = character_set
+        ds.add_new(0x00100010, "PN", stored)
+        ds.save_as(path)
+    return path
+
+
+def _stored_name(path) -> bytes:
+    import pydicom
+
+    return pydicom.dcmread(path).get_item(0x00100010).value.rstrip(b" ")
+
+
+_JIS = ["", "ISO 2022 IR 87"]
+
+
+@pytest.mark.parametrize(
+    "character_set, stored, valid",
+    [
+        ("ISO_IR 100", "Müller^Hans".encode("latin-1"), True),
+        ("ISO_IR 192", "Müller^Hans".encode("utf-8"), True),
+        (_JIS, b"Yamada^Tarou=\x1b$B;3ED\x1b(B^\x1b$BB@O:\x1b(B", True),
+        ("ISO_IR 192", "Müller^Hans".encode("latin-1"), False),  # Latin-1 bytes under a UTF-8 declaration
+        (None, "Müller^Hans".encode("latin-1"), False),  # non-ASCII with no character set declared
+        (_JIS, b"Yamada^Tarou=\x1b$B\xff\xfe\x1b(B", False),  # not JIS X 0208 after its escape sequence
+    ],
+)
+def test_a_seg_keeps_its_sources_patient_name_byte_for_byte_and_names_an_invalid_one(tmp_path, character_set, stored,
+                                                                                     valid):
+    import pydicom
+
+    from scripts.inference.dicom_seg import write_segmentation
+
+    path = write_test_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    _with_name(path, stored, character_set)
+    problems = write_segmentation(tmp_path / "seg.dcm", pydicom.dcmread(path, stop_before_pixels=True),
+                                  np.ones((8, 8), np.uint8))
+    assert _stored_name(tmp_path / "seg.dcm") == stored
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert seg.get("SpecificCharacterSet") == pydicom.dcmread(path).get("SpecificCharacterSet")
+    declared = "default character repertoire (ASCII)" if character_set is None else "declared character set"
+    expected = [] if valid else [f"PatientName is not valid text in its {declared}"]
+    assert [problem.split(";")[0].split(" '")[0] for problem in problems] == expected
+
+
+def test_a_patient_name_invalid_in_its_character_set_is_listed_and_its_seg_still_written(tmp_path):
+    items = _items(tmp_path / "a", ["1.1", "1.2"])
+    source = _with_name(Path(items[0]["image"].meta["filename_or_obj"]), b"M\xfcller^Hans", "ISO_IR 192")
+    summary = _write_run(tmp_path / "out", items)
+    assert summary["processed"] == 2 and summary["errors"] == 1
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert (f"{source},DICOM SEG: PatientName is not valid text in its declared character set 'ISO_IR 192'; the SEG "
+            "keeps its bytes unchanged") in errors
+    assert _stored_name(tmp_path / "out" / "seg" / "1.1.dcm") == b"M\xfcller^Hans"
+
+
+def test_a_character_set_dicom_does_not_define_costs_only_the_seg_with_the_reason(tmp_path):
+    items = _items(tmp_path / "a", ["1.1", "1.2"])
+    _with_name(Path(items[0]["image"].meta["filename_or_obj"]), b"M\xfcller", "ISO_IR 999")
+    summary = _write_run(tmp_path / "out", items)
+    assert summary["processed"] == 2 and summary["errors"] == 1
+    errors = (tmp_path / "out" / "errors.csv").read_text()
+    assert ("DICOM SEG not written: ValueError: SpecificCharacterSet 'ISO_IR 999' of the source is not a DICOM "
+            "character set ('ISO_IR 999' is not a defined term)") in errors
+    assert [p.name for p in (tmp_path / "out" / "seg").iterdir()] == ["1.2.dcm"]

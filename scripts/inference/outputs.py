@@ -57,23 +57,30 @@ def write_image_files(
     if seg and mask.any():
         problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)
     if overlay is not None:
-        problems += _attempt("overlay", save_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+        problems += _attempt("overlay", _write_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
     return encoded, problems
 
 
 def _attempt(what: str, function, *args) -> list[str]:
+    """Run one output's writer (which returns the problems of its input it wrote through); the reason it failed, or
+    those problems, as a list."""
     try:
-        function(*args)
+        problems = function(*args)
     except Exception as error:
         return [f"{what} not written: {error_reason(error)}"]
-    return []
+    return [f"{what}: {problem}" for problem in problems]
 
 
-def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> None:
+def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> list[str]:
     from scripts.inference.dicom_seg import write_segmentation
 
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    write_segmentation(path, source, mask)
+    return write_segmentation(path, source, mask)
+
+
+def _write_overlay(path: Path, overlay: np.ndarray, mask: np.ndarray) -> list[str]:
+    save_overlay(path, overlay, mask)
+    return []
 
 
 def save_png(path: Path, pixels: np.ndarray) -> None:
