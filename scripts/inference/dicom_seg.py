@@ -249,5 +249,6 @@ def stored_text_problems(character_set: list[str], stored: dict) -> list[str]:
             with config.strict_reading():
                 decode_bytes(value, encodings, TEXT_VR_DELIMS)
         except (UnicodeError, ValueError):
-            problems.append(f"{keyword_for_tag(tag)} is not valid text in its {named}; the SEG keeps its bytes unchanged")
+            keyword = keyword_for_tag(tag)
+            problems.append(f"{keyword} is not valid text in its {named}; the SEG keeps its bytes unchanged")
     return problems
