@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Transform
 
 from scripts.data.reader import LoadRadiographd, declared_size
 from scripts.siim import rle
@@ -466,6 +467,62 @@ def test_training_with_a_bad_file_stops_in_one_message_or_leaves_it_out(tmp_path
     result = run_bundle(train_args(tmp_path / "siim", tmp_path / "b", max_epochs=1, skip_bad_files="true"))
     assert (tmp_path / "b" / "train" / "datalist.bad_files.csv").is_file()
     assert torch.load(tmp_path / "b" / "models" / "model.pt", weights_only=True)
+
+
+class _FailsFirst(Transform):
+    """A cached transform: item 0 fails once item 1 is running; the others run torch matrix products (C++ code
+    with the GIL released) for ``seconds``."""
+
+    def __init__(self, seconds):
+        import threading
+
+        self.seconds, self.started, self.finished = seconds, threading.Event(), []
+
+    def __call__(self, item):
+        import time
+
+        if item["i"] == 0:
+            self.started.wait(10)
+            raise ValueError("bad file 0")
+        self.started.set()
+        end, x = time.monotonic() + self.seconds, torch.ones(300, 300)
+        while time.monotonic() < end:
+            x = torch.tanh(x @ x)
+        self.finished.append(item["i"])
+        return item
+
+
+def test_a_failing_cache_fill_stops_its_loading_threads_before_the_error_goes_on():
+    import threading
+
+    from scripts.data.cache import CacheDataset
+
+    transform = _FailsFirst(seconds=0.5)
+    before = set(threading.enumerate())
+    with pytest.raises(RuntimeError, match="applying transform") as raised:
+        CacheDataset([{"i": i} for i in range(40)], transform=transform, num_workers=2, progress=False)
+    assert "bad file 0" in str(raised.value.__cause__)
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+    assert transform.finished and len(transform.finished) < 39  # the running items finished, the rest never began
+
+
+_FAILING_CACHE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from scripts.data.cache import CacheDataset
+from tests.test_hostile_input import _FailsFirst
+CacheDataset([{"i": i} for i in range(200)], transform=_FailsFirst(seconds=0.2), num_workers=4, progress=False)
+"""
+
+
+def test_a_training_run_whose_cache_fill_fails_exits_with_its_error_not_an_abort():
+    """The cause of "terminate called without an active exception" (exit 134) after a failing training run: cache
+    threads still inside torch when Python exits. Two runs, each of which aborted before the fix."""
+    for _ in range(2):
+        result = subprocess.run([sys.executable, "-c", _FAILING_CACHE, str(REPO)], capture_output=True, text=True,
+                                env=bundle_env(), timeout=120)
+        assert "terminate called" not in result.stderr and result.returncode == 1, result.stderr[-2000:]
+        assert "ValueError: bad file 0" in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------- readable errors

@@ -1,20 +1,48 @@
-"""Compact forms of images and labels for ``CacheDataset``: uint8 images and bit-packed labels, and their way back.
+"""The training cache: compact forms of images and labels, and a ``CacheDataset`` that fails cleanly.
 
-The deterministic transforms end with these, so the cache holds a quarter of a float32 image and an eighth of a
-uint8 label; the crop, the device-side batch preparation and inference turn them back (docs/README.md gives the
-memory figures).
+The deterministic transforms end with :class:`ImageToUint8d` and :class:`PackMaskd`, so the cache holds a quarter of
+a float32 image and an eighth of a uint8 label; the crop, the device-side batch preparation and inference turn them
+back (docs/README.md gives the memory figures).
+
+:class:`CacheDataset` is MONAI's, except that an image that fails while the cache fills stops the other loading
+threads before the error goes on: MONAI's thread pool leaves them running, and a daemon thread still inside a torch
+operation when Python exits is ended by the interpreter's finalisation in the middle of C++ code, which aborts the
+process ("terminate called without an active exception", exit 134) instead of exiting with the error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
+import monai.data
 import numpy as np
 import torch
 from monai.transforms import MapTransform
-from monai.utils import TransformBackends, convert_to_numpy
+from monai.utils import TransformBackends, convert_to_numpy, optional_import
 
-__all__ = ["ImageToUint8d", "Uint8ToFloatd", "PackMaskd", "unpack_mask"]
+tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+
+__all__ = ["CacheDataset", "ImageToUint8d", "Uint8ToFloatd", "PackMaskd", "unpack_mask"]
+
+
+class CacheDataset(monai.data.CacheDataset):
+    """``monai.data.CacheDataset`` whose cache fill, when one item fails, cancels the items not started and waits
+    for the running ones before raising, so no loading thread outlives the error."""
+
+    def _fill_cache(self, indices=None) -> list:
+        if self.cache_num <= 0:
+            return []
+        if indices is None:
+            indices = list(range(self.cache_num))
+        pool = ThreadPoolExecutor(max_workers=self.num_workers, thread_name_prefix="cache")
+        try:
+            futures = [pool.submit(self._load_cache_item, index) for index in indices]
+            if self.progress and has_tqdm:
+                futures = tqdm(futures, total=len(indices), desc="Loading dataset")
+            return [future.result() for future in futures]
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 class ImageToUint8d(MapTransform):
