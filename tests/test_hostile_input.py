@@ -366,6 +366,43 @@ def _alive(pids):
     return alive
 
 
+_POOL_PARENT = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from scripts.utils.processes import process_pool
+pool = process_pool(2)
+futures = [pool.submit(time.sleep, 60) for _ in range(2)]
+print("started", flush=True)
+time.sleep(60)
+"""
+
+
+def test_the_workers_of_a_process_pool_end_when_their_parent_is_killed():
+    """Both pools of the bundle (inference writers, training-file checks) are made by ``process_pool``."""
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", _POOL_PARENT, str(REPO)], stdout=subprocess.PIPE, text=True,
+                              env=bundle_env())
+    workers = []
+    try:
+        assert parent.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 10
+        while len(workers := _descendants(parent.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(workers) >= 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while _alive(workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _alive(workers) == []
+    finally:
+        parent.kill()
+        for pid in _alive(workers):
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_killed_inference_run_leaves_no_processes_and_its_folder_as_it_was(tmp_path, how):

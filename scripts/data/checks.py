@@ -10,11 +10,8 @@ exists). Files are checked in parallel processes.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import sys
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -24,6 +21,7 @@ from scripts.siim.datalist import LABEL_FILE_SUFFIXES
 from scripts.siim.rle import parse_runs
 from scripts.utils.files import write_reasons_csv
 from scripts.utils.flags import switches
+from scripts.utils.processes import process_pool
 
 __all__ = ["check_datalist", "item_problem"]
 
@@ -74,8 +72,7 @@ def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None
 def _problems(items: list[dict], max_pixels: int, workers: int) -> list[str | None]:
     if workers <= 1 or len(items) < 64:
         return [item_problem(item, max_pixels) for item in items]
-    context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with process_pool(workers) as pool:
         return list(pool.map(item_problem, items, [max_pixels] * len(items), chunksize=32))
 
 

@@ -4,22 +4,19 @@ Writing an image's files costs far more CPU than a GPU spends on the image's sli
 scripts.benchmark`` measures both), so the engine's thread only hands each image's job to the pool and goes on. A
 writer process that dies (killed, crashed) costs no image: the pool is dropped, and its jobs and all later ones are
 written in the calling thread. Writer processes end with the process that started them, however it ends
-(Linux ``PR_SET_PDEATHSIG``): a killed inference run leaves no orphans holding memory.
+(``scripts.utils.processes``): a killed inference run leaves no orphans holding memory.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
-import os
-import signal
-import sys
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+
+from scripts.utils.processes import process_pool
 
 __all__ = ["WriterPool"]
 
@@ -61,10 +58,7 @@ class WriterPool:
 
     def _open(self) -> None:
         if self.workers and self._executor is None:
-            context = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
-            )
+            self._executor = process_pool(self.workers)
             self._executor.submit(int).result()
 
     def close(self, cancel: bool = False) -> None:
@@ -114,16 +108,3 @@ class WriterPool:
             for folder in self.temp_folders:
                 for stale in folder.glob(".*.tmp"):
                     stale.unlink(missing_ok=True)
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(parent: int) -> None:
-    """In a writer process: the default SIGTERM (not the parent's handler), and SIGTERM when the parent dies."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent shuts the pool down
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
