@@ -695,3 +695,19 @@ def test_a_character_set_dicom_does_not_define_costs_only_the_seg_with_the_reaso
     assert ("DICOM SEG not written: ValueError: SpecificCharacterSet 'ISO_IR 999' of the source is not a DICOM "
             "character set ('ISO_IR 999' is not a defined term)") in errors
     assert [p.name for p in (tmp_path / "out" / "seg").iterdir()] == ["1.2.dcm"]
+
+
+def test_an_undecodable_file_gets_the_bundles_reason_with_every_decoders_on_one_line(tmp_path):
+    from monai.transforms import Compose
+
+    from scripts.utils.errors import error_reason
+
+    path = write_test_dicom(tmp_path / "a.dcm", (np.arange(64 * 64) % 251).reshape(64, 64).astype(np.uint8),
+                            jpeg_quality=90)
+    path.write_bytes(path.read_bytes().replace(b"\xff\xdb", b"\xff\xfe"))  # its quantisation tables become comments
+    with pytest.raises(RuntimeError) as raised:  # MONAI wraps the reader's error
+        Compose([LoadRadiographd(keys="image")])({"image": str(path)})
+    reason = error_reason(raised.value, str(path))
+    assert reason.startswith("ValueError: pixel data cannot be decoded: ") and "\n" not in reason
+    assert "no quantization table" in reason and "pillow: " in reason and str(path) not in reason
+    assert error_reason(raised.value).startswith(f"ValueError: {path}: pixel data cannot be decoded")

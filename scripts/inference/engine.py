@@ -67,7 +67,7 @@ class SafeDataset(Dataset):
             if isinstance(cause, NotSelected):
                 logger.info("skipped %s: %s", path, cause)
                 return {SKIP_KEY: str(cause), PATH_KEY: path}
-            reason = error_reason(error)
+            reason = error_reason(error, path)
             logger.warning("cannot load %s: %s", path, reason)
             return {ERROR_KEY: reason, PATH_KEY: path}
 

@@ -148,7 +148,7 @@ class InferenceWriter:
             try:
                 self.write_item(item)
             except Exception as error:  # one image's failure must not cost the others
-                self._lose_image(path, error_reason(error))
+                self._lose_image(path, error_reason(error, path))
         self.seconds.append(time.perf_counter() - self._iteration_started)
 
     def write_item(self, item: dict) -> None:

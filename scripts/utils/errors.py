@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["error_reason", "innermost", "short_tracebacks"]
+import os
+
+__all__ = ["bundle_cause", "error_reason", "innermost", "short_tracebacks"]
 
 
 def innermost(error: BaseException) -> BaseException:
@@ -12,18 +14,23 @@ def innermost(error: BaseException) -> BaseException:
     return error
 
 
-def error_reason(error: BaseException) -> str:
-    """The innermost cause of ``error`` as ``Type: message``."""
-    error = innermost(error)
-    message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {message}" if message else type(error).__name__
+def error_reason(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """``error`` as the one line of ``errors.csv``: ``Type: message`` of its :func:`bundle_cause`, every line of the
+    message joined (a decoder's per-plugin reasons are on lines of their own), and a leading ``<path>: `` dropped
+    (the file has a column of its own)."""
+    cause = bundle_cause(error)
+    message = ""
+    for line in [line.strip() for line in str(cause).splitlines() if line.strip()]:
+        message = f"{message}{' ' if message.endswith(':') else '; '}{line}" if message else line
+    if path is not None and message.startswith(f"{path}: "):
+        message = message[len(f"{path}: ") :]
+    return f"{type(cause).__name__}: {message}" if message else type(cause).__name__
 
 
 def short_tracebacks(debug: object = False) -> None:
     """From now on an uncaught error prints as one message, its innermost cause (``Type: message``, every line of
     it), instead of a long MONAI/Ignite traceback; ``debug`` (``--debug true``) or the environment variable
     ``SIIM_DEBUG=1`` keeps Python's full traceback."""
-    import os
     import sys
 
     from scripts.utils.flags import as_flag
@@ -36,7 +43,7 @@ def short_tracebacks(debug: object = False) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, error, traceback)
             return
-        cause = _bundle_cause(error)
+        cause = bundle_cause(error)
         text = str(cause).strip()
         print(f"error: {type(cause).__name__}: {text}" if text else f"error: {type(cause).__name__}", file=sys.stderr)
         print("(--debug true or SIIM_DEBUG=1 shows the full traceback)", file=sys.stderr)
@@ -44,10 +51,9 @@ def short_tracebacks(debug: object = False) -> None:
     sys.excepthook = one_message
 
 
-def _bundle_cause(error: BaseException) -> BaseException:
-    """The innermost error this bundle's own code raised (it names the file and the problem), else the innermost."""
-    import os
-
+def bundle_cause(error: BaseException) -> BaseException:
+    """The innermost error of ``error``'s ``__cause__`` chain that this bundle's own code raised (it names the file
+    and the problem; MONAI wraps it in RuntimeErrors, and it wraps a library's error), else the innermost."""
     own = os.sep + "scripts" + os.sep
     chain = [error]
     while chain[-1].__cause__ is not None:
