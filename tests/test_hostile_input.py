@@ -168,6 +168,22 @@ def test_the_loading_notes_go_with_their_dataset(tmp_path):
     assert not notes.exists()
 
 
+def test_a_killed_runs_loading_notes_are_removed_by_the_next_run(tmp_path, monkeypatch):
+    import tempfile
+
+    from scripts.inference.engine import SafeDataset
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"siim-loading-{dead.stdout.strip()}-abc"  # what a SIGKILLed run leaves
+    alive = tmp_path / f"siim-loading-{os.getpid()}-def"  # another dataset of a living process
+    for folder in (stale, alive):
+        folder.mkdir()
+        (folder / "123").write_text("x.dcm")
+    dataset = SafeDataset([{"image": "x.dcm"}])
+    assert not stale.exists() and alive.exists() and dataset.notes.parent == tmp_path
+
+
 # ------------------------------------------------------------------------------------------ reused output folders
 def _items(folder, uids, positive=True):
     from monai.data import MetaTensor

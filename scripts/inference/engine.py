@@ -44,7 +44,8 @@ class SafeDataset(Dataset):
     def __init__(self, data: Sequence[dict], transform: Callable | None = None, image_key: str = "image") -> None:
         super().__init__(data=data, transform=transform)
         self.image_key = image_key
-        self.notes = Path(tempfile.mkdtemp(prefix="siim-loading-"))
+        _remove_stale_notes()
+        self.notes = Path(tempfile.mkdtemp(prefix=f"{_NOTES_PREFIX}{os.getpid()}-"))
         weakref.finalize(self, _remove_notes, self.notes, os.getpid())
 
     def held_by(self, pid: int) -> str | None:
@@ -137,7 +138,24 @@ def _exit_reason(code: int) -> str:
     return f"exit code {code}"
 
 
+_NOTES_PREFIX = "siim-loading-"
+
+
 def _remove_notes(folder: Path, owner: int) -> None:
     if os.getpid() == owner:  # not from a forked loader worker
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale_notes() -> None:
+    """Remove the notes folders of runs that were killed (their process is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_NOTES_PREFIX}*-*"):
+        owner = folder.name[len(_NOTES_PREFIX) :].split("-", 1)[0]
+        if not owner.isdigit():
+            continue
+        try:
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
 
