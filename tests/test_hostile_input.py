@@ -229,6 +229,66 @@ def test_overwriting_replaces_the_whole_result_set_so_no_stale_seg_or_mask_survi
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
 
 
+@pytest.mark.parametrize("where", ["the input", "above the input"])
+def test_an_output_folder_that_holds_the_input_is_never_replaced_even_with_overwrite(tmp_path, where):
+    from scripts.inference.inputs import scan_dicom_inputs
+
+    items = _items(tmp_path / "study" / "images", ["1.1", "1.2"])
+    out = tmp_path / "study" / "images" if where == "the input" else tmp_path / "study"
+    scan = scan_dicom_inputs(tmp_path / "study" / "images")
+    with pytest.raises(ValueError, match=r"output_dir .* holds the input .*images: a run replaces its output folder"):
+        _write_run(out, items, scan=scan, overwrite="true")
+    assert sorted(p.name for p in (tmp_path / "study" / "images").iterdir()) == ["1.1.dcm", "1.2.dcm"]
+
+
+def test_overwrite_replaces_only_a_folder_of_results(tmp_path):
+    out = tmp_path / "out"
+    (out / "notes").mkdir(parents=True)
+    (out / "report.docx").write_bytes(b"the radiologist's report")
+    with pytest.raises(ValueError, match=r"holds what is not an inference result \(notes, report.docx\): it is never "
+                                         r"replaced, even with --overwrite true"):
+        _write_run(out, _items(tmp_path / "a", ["1.1"]), overwrite="true")
+    assert (out / "report.docx").read_bytes() == b"the radiologist's report"
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused_and_a_dead_runs_staging_removed(tmp_path):
+    from scripts.inference.result_folder import ResultFolder
+
+    out = tmp_path / "out"
+    stale = tmp_path / ".out.partial-1"  # a killed run's: its lock file is there but nobody holds it
+    (stale / "masks").mkdir(parents=True)
+    (tmp_path / ".out.partial-1.lock").touch()
+    first = ResultFolder(out)
+    staging = first.open()
+    assert not stale.exists() and not (tmp_path / ".out.partial-1.lock").exists()
+    (staging / "submission.csv").write_text("ImageId,EncodedPixels\n")
+    with pytest.raises(ValueError, match=r"another inference run is writing into it \(\.out\.partial-"):
+        ResultFolder(out).open()  # the same process id (as two containers' first processes) changes nothing
+    assert (staging / "submission.csv").is_file()
+    first.publish()
+    assert (out / "submission.csv").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    second = ResultFolder(out, overwrite=True)
+    second.open()
+    second.discard()
+
+
+def test_linked_folders_are_searched_once_and_hidden_ones_listed(tmp_path):
+    from scripts.inference.inputs import scan_dicom_inputs
+
+    inside = tmp_path / "in"
+    write_test_dicom(inside / "a.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    write_test_dicom(tmp_path / "elsewhere" / "study2" / "b.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    write_test_dicom(inside / ".incoming" / "c.dcm", np.zeros((8, 8), np.uint8), jpeg_quality=None)
+    (inside / "study2").symlink_to(tmp_path / "elsewhere" / "study2")
+    (inside / "again").symlink_to(tmp_path / "elsewhere" / "study2")  # a second link to the same folder
+    (inside / "loop").symlink_to(inside)
+    scan = scan_dicom_inputs(inside)
+    assert [p.name for p in scan.files] == ["a.dcm", "b.dcm"]
+    assert scan.hidden_folders == [inside / ".incoming"]
+    summary = _write_run(tmp_path / "out", _items(tmp_path / "x", ["1.1"]), scan=scan)
+    assert summary["hidden_folders_not_searched"] == [str(inside / ".incoming")]
+
+
 def test_a_failed_run_leaves_the_previous_results_as_they_were(tmp_path):
     from ignite.engine import Engine
 

@@ -3,6 +3,8 @@
 A file counts as DICOM when it has the ``DICM`` marker of a DICOM file (Part 10) or a ``.dcm`` / ``.dicom``
 extension. Files with the extension but broken content are still returned, so that inference reports them as errors
 instead of silently skipping them; anything else (``.csv``, ``.png``, ``.DS_Store``...) is skipped and counted.
+Linked folders are followed (each real folder once); hidden folders (``.incoming``, a staging folder) are not
+searched, and are listed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class DicomScan:
 
     files: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
+    root: Path | None = None
+    hidden_folders: list[Path] = field(default_factory=list)
 
     def items(self) -> list[dict[str, str]]:
         """MONAI data items ``{"image": path}``."""
@@ -45,8 +49,11 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[_PREAMBLE:] == _MAGIC
 
 
-def scan_dicom_inputs(path: str | os.PathLike, exclude: Sequence[str | os.PathLike] = (), allow_empty: bool = False) -> DicomScan:
-    """The DICOM files under ``path`` (recursively, hidden folders excepted), or ``path`` itself if it is a file.
+def scan_dicom_inputs(
+    path: str | os.PathLike, exclude: Sequence[str | os.PathLike] = (), allow_empty: bool = False
+) -> DicomScan:
+    """The DICOM files under ``path`` (recursively, following linked folders, hidden folders excepted), or ``path``
+    itself if it is a file.
 
     ``exclude``: folders not to look into (an output folder inside the input folder is not read back as input).
 
@@ -58,14 +65,23 @@ def scan_dicom_inputs(path: str | os.PathLike, exclude: Sequence[str | os.PathLi
     if not path.exists():
         raise FileNotFoundError(f"inference input {path} does not exist")
     excluded = {Path(folder).resolve() for folder in exclude}
+    scan = DicomScan(root=path)
     if path.is_file():
         candidates = [path]
     else:
-        candidates = []
-        for root, dirs, files in os.walk(path):
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (Path(root) / d).resolve() not in excluded)
+        candidates, seen = [], {path.resolve()}
+        for root, dirs, files in os.walk(path, followlinks=True):
+            kept = []
+            for name in sorted(dirs):
+                folder = Path(root) / name
+                real = folder.resolve()
+                if name.startswith("."):
+                    scan.hidden_folders.append(folder)
+                elif real not in excluded and real not in seen:  # a link loop or a second link: searched once
+                    seen.add(real)
+                    kept.append(name)
+            dirs[:] = kept
             candidates += [Path(root) / name for name in sorted(files)]
-    scan = DicomScan()
     for candidate in candidates:
         (scan.files if is_dicom_file(candidate) else scan.skipped).append(candidate)
     if not scan.files and not allow_empty:

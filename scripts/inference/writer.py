@@ -40,7 +40,10 @@ from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open, safe_name, write_reasons_csv
 from scripts.utils.flags import switches
 
-__all__ = ["InferenceWriter"]
+__all__ = ["RESULT_NAMES", "InferenceWriter"]
+
+#: What a run writes into its output folder, and all that ``--overwrite true`` will replace.
+RESULT_NAMES = ("submission.csv", "errors.csv", "skipped.csv", "summary.json", *OUTPUT_FOLDERS)
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +77,13 @@ class InferenceWriter:
         overwrite: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.result = ResultFolder(self.output_dir, overwrite=overwrite)
-        self.result.check()  # before any image is processed
-        self.workdir: Path | None = None
         self.scan = scan if isinstance(scan, DicomScan) or scan is None else scan_dicom_inputs(scan)
+        inputs = [self.scan.root] if self.scan is not None and self.scan.root is not None else []
+        self.result = ResultFolder(self.output_dir, overwrite=overwrite, result_names=RESULT_NAMES, inputs=inputs)
+        self.result.check()  # before any image is processed
+        if self.scan is not None and self.scan.hidden_folders:
+            logger.warning("hidden folders not searched for DICOM files: %s", ", ".join(map(str, self.scan.hidden_folders)))
+        self.workdir: Path | None = None
         self.masks, self.seg, self.overlays = masks, seg, overlays
         self.pred_key, self.image_key = pred_key, image_key
         self.info = dict(info or {})
@@ -219,6 +225,7 @@ class InferenceWriter:
             "errors": len(self.errors),
             "skipped_by_rules": len(self.skipped),
             "skipped_non_dicom": len(self.scan.skipped) if self.scan is not None else None,
+            "hidden_folders_not_searched": [str(folder) for folder in self.scan.hidden_folders] if self.scan else [],
             "seconds_total": round(elapsed, 3),
             "seconds_per_image": round(float(np.mean(self.seconds)), 4) if self.seconds else None,
             "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
