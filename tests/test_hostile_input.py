@@ -104,6 +104,62 @@ def test_what_is_not_a_dicom_radiograph_is_named_as_what_it_is(tmp_path, make, r
     assert "suitable reader" not in message
 
 
+def _edited(path, **tags):
+    """Rewrite the DICOM at ``path`` with ``tags`` set (None deletes; ``PixelData="twice"`` doubles it)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    with pydicom.config.disable_value_validation():
+        for keyword, value in tags.items():
+            if keyword == "TransferSyntaxUID":
+                del ds.file_meta.TransferSyntaxUID
+            elif keyword == "PixelData":
+                ds.PixelData = ds.PixelData * 2
+            elif keyword == "NumberOfFrames":  # a junk IS value, written as its bytes
+                ds.add_new(0x00280008, "IS", "99")
+            else:
+                setattr(ds, keyword, value)
+        ds.save_as(path, enforce_file_format=False)
+    if "NumberOfFrames" in tags:
+        junk = tags["NumberOfFrames"].encode().ljust(2)[:2]
+        path.write_bytes(path.read_bytes().replace(b"\x28\x00\x08\x00IS\x02\x0099", b"\x28\x00\x08\x00IS\x02\x00" + junk))
+    return path
+
+
+@pytest.mark.parametrize(
+    "tags,reason",
+    [
+        ({"Rows": 8}, "its pixel data holds 512 bytes, 2 frames of 8 x 32, but the header declares one"),
+        ({"PixelData": "twice"}, "its pixel data holds 1024 bytes, 2 frames of 16 x 32"),
+        ({"BitsAllocated": 1}, "BitsAllocated 1: a radiograph has 8, 16 or 32"),
+        ({"NumberOfFrames": "ab"}, "NumberOfFrames 'ab' is not an integer"),
+    ],
+    ids=["rows-halved", "data-twice", "one-bit", "frames-not-a-number"],
+)
+def test_a_header_that_does_not_fit_its_pixel_data_is_named_by_the_reader_and_the_training_check(tmp_path, tags,
+                                                                                                   reason):
+    from scripts.data.checks import item_problem
+
+    path = _edited(write_test_dicom(tmp_path / "a.dcm", np.zeros((16, 32), np.uint8), jpeg_quality=None), **tags)
+    with pytest.raises((ValueError, RuntimeError)) as raised:
+        load(path)
+    error = raised.value.__cause__ if isinstance(raised.value, RuntimeError) and raised.value.__cause__ else raised.value
+    assert f"{path}: {reason}" in str(error)
+    assert reason in item_problem({"image": str(path)})
+
+
+def test_a_check_that_fails_on_a_header_is_that_files_reason_not_the_end_of_the_check(tmp_path):
+    from scripts.data.checks import check_datalist
+
+    good = write_test_dicom(tmp_path / "good.dcm", np.zeros((16, 32), np.uint8), jpeg_quality=None)
+    bad = _edited(write_test_dicom(tmp_path / "bad.dcm", np.zeros((16, 32), np.uint8), jpeg_quality=None),
+                  TransferSyntaxUID=None)
+    kept = check_datalist({"training": [{"image": str(good)}, {"image": str(bad)}]}, report=tmp_path / "bad.csv",
+                          skip_bad="true")
+    assert kept["training"] == [{"image": str(good)}]
+    assert "no TransferSyntaxUID" in (tmp_path / "bad.csv").read_text()
+
+
 @pytest.mark.slow
 def test_inference_lists_every_hostile_file_and_processes_the_rest(tmp_path):
     folder = tmp_path / "in"
@@ -114,6 +170,7 @@ def test_inference_lists_every_hostile_file_and_processes_the_rest(tmp_path):
     (folder / "empty.dcm").write_bytes(b"")
     (folder / "dangling.dcm").symlink_to(folder / "gone.dcm")
     (folder / "loop.dcm").symlink_to(folder / "loop.dcm")
+    _edited(write_test_dicom(folder / "twice.dcm", pixels, jpeg_quality=None), PixelData="twice")
     weights = tmp_path / "ckpt"
     weights.mkdir()
     torch.save(BrightnessNet().state_dict(), weights / "model.pt")
@@ -122,12 +179,12 @@ def test_inference_lists_every_hostile_file_and_processes_the_rest(tmp_path):
     out = tmp_path / "out"
     _run_inference(folder, out, weights, "--num_workers", "2")
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["processed"] == 1 and summary["failed"] == 5
+    assert summary["processed"] == 1 and summary["failed"] == 6
     errors = dict(line.split(",", 1) for line in (out / "errors.csv").read_text().splitlines()[1:])
     reasons = {Path(path).name: reason for path, reason in errors.items()}
     assert "60000 x 60000" in reasons["bomb.dcm"] and "a PNG image, not DICOM" in reasons["x.dcm"]
     assert "empty file" in reasons["empty.dcm"] and "dangling symbolic link" in reasons["dangling.dcm"]
-    assert "symbolic link loop" in reasons["loop.dcm"]
+    assert "symbolic link loop" in reasons["loop.dcm"] and "2 frames of 300 x 220" in reasons["twice.dcm"]
     rows = (out / "submission.csv").read_text().splitlines()
     assert rows == ["ImageId,EncodedPixels", f"1.2.826.0.1.3680043.8.498.1,{rle.encode(mask)}"]
 

@@ -94,9 +94,13 @@ class RadiographReader(PydicomReader):
         if problem:
             raise ValueError(f"{filename}: {problem}")
         try:
-            return super()._get_array_data(img, filename)
+            array = super()._get_array_data(img, filename)
         except Exception as error:  # pydicom raises many types for broken pixel data
             raise ValueError(f"{filename}: pixel data cannot be decoded: {error}") from error
+        if array.ndim != 2:  # e.g. a compressed stream holding several frames
+            rows, columns = int(img.Rows), int(img.Columns)
+            raise ValueError(f"{filename}: pixel data decodes to shape {tuple(array.shape)}, not one {rows} x {columns} frame")
+        return array
 
     def get_data(self, img):
         # Radiographs carry no ImagePositionPatient / ImageOrientationPatient: an identity affine is right for
@@ -172,27 +176,77 @@ def max_file_bytes(max_pixels: int) -> int:
 
 
 def header_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
-    """Why the header of ``ds`` is not that of a single-frame grey-scale radiograph that is safe to decode, or None."""
-    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-    if samples != 1:
-        photometric = getattr(ds, "PhotometricInterpretation", "?")
-        return f"{samples} samples per pixel ({photometric}); a greyscale radiograph is needed"
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if frames != 1:
-        return f"{frames} frames; a single-frame radiograph is needed"
-    if "PixelData" not in ds:
-        return "no pixel data"
-    return size_problem(ds, max_pixels)
+    """Why the header of ``ds`` is not that of a single-frame grey-scale radiograph that is safe to decode, or None.
+
+    Besides the declared size (:func:`size_problem`), native pixel data must be as long as one frame: shorter is a
+    truncated file, two frames or more (Rows edited, the data stored twice) would decode to several frames."""
+    try:
+        samples = _integer(ds, "SamplesPerPixel", 1)
+        if samples != 1:
+            photometric = getattr(ds, "PhotometricInterpretation", "?")
+            return f"{samples} samples per pixel ({photometric}); a greyscale radiograph is needed"
+        frames = _integer(ds, "NumberOfFrames", 1) or 1
+        if frames != 1:
+            return f"{frames} frames; a single-frame radiograph is needed"
+        if "PixelData" not in ds:
+            return "no pixel data" + (" (float pixel data, not a radiograph's)" if _has_float_pixels(ds) else "")
+        bits = _integer(ds, "BitsAllocated", 8)
+        if bits not in (8, 16, 32):
+            return f"BitsAllocated {bits}: a radiograph has 8, 16 or 32"
+        if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) is None:
+            return "no TransferSyntaxUID in its file meta information: its pixel data cannot be interpreted"
+        return size_problem(ds, max_pixels) or _native_length_problem(ds)
+    except ValueError as error:
+        return str(error)
+
+
+def _integer(ds: pydicom.Dataset, keyword: str, default: int) -> int:
+    value = getattr(ds, keyword, None)
+    if value in (None, ""):
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{keyword} {str(value)[:40]!r} is not an integer") from None
+
+
+def _has_float_pixels(ds: pydicom.Dataset) -> bool:
+    return "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
+
+
+def _native_length_problem(ds: pydicom.Dataset) -> str | None:
+    """Native (uncompressed) pixel data that is not one frame long, read from the element's length."""
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        return None
+    element = ds.get_item(0x7FE00010)  # the raw element: its length, without reading the pixels
+    length = getattr(element, "length", None)
+    if length is None or length == 0xFFFFFFFF:
+        length = len(element.value or b"")
+    size = declared_size(ds)
+    rows, columns = size["rows"], size["columns"]
+    expected = rows * columns * size["bytes_per_sample"]
+    if length < expected:
+        return f"truncated: its pixel data holds {length} bytes, {rows} x {columns} needs {expected}"
+    if length >= 2 * expected:
+        return (
+            f"its pixel data holds {length} bytes, {length // expected} frames of {rows} x {columns}, but the header "
+            "declares one (Rows or Columns edited? the data stored twice?)"
+        )
+    return None
 
 
 def declared_size(ds: pydicom.Dataset) -> dict[str, int | tuple[int, int] | None]:
     """What ``ds`` says about its pixel data before decoding: ``rows``, ``columns``, ``frames``, ``bytes_per_sample``
-    and ``frame_header`` (``(rows, columns)`` from the first compressed frame's own header, or None)."""
+    and ``frame_header`` (``(rows, columns)`` from the first compressed frame's own header, or None).
+
+    Raises:
+        ValueError: one of these tags is not an integer (naming it).
+    """
     return {
-        "rows": int(getattr(ds, "Rows", 0) or 0),
-        "columns": int(getattr(ds, "Columns", 0) or 0),
-        "frames": int(getattr(ds, "NumberOfFrames", 1) or 1),
-        "bytes_per_sample": max(1, (int(getattr(ds, "BitsAllocated", 8) or 8) + 7) // 8),
+        "rows": _integer(ds, "Rows", 0),
+        "columns": _integer(ds, "Columns", 0),
+        "frames": _integer(ds, "NumberOfFrames", 1) or 1,
+        "bytes_per_sample": max(1, (_integer(ds, "BitsAllocated", 8) + 7) // 8),
         "frame_header": _compressed_frame_size(ds),
     }
 
