@@ -844,3 +844,47 @@ def test_an_undecodable_file_gets_the_bundles_reason_with_every_decoders_on_one_
     assert reason.startswith("ValueError: pixel data cannot be decoded: ") and "\n" not in reason
     assert "no quantization table" in reason and "pillow: " in reason and str(path) not in reason
     assert error_reason(raised.value).startswith(f"ValueError: {path}: pixel data cannot be decoded")
+
+
+# ---------------------------------------------------------------------------------------------- CSV outputs
+def test_reason_csvs_parse_back_whatever_the_file_names_hold(tmp_path):
+    import csv
+
+    from scripts.utils.files import write_reasons_csv
+
+    latin1 = os.fsdecode(b"/in/M\xfcller.dcm")  # a name that is not UTF-8: its byte arrives as a surrogate
+    rows = [(latin1, "truncated"), ("/in/a\rb.dcm", "not DICOM"), ("/in/c\nd,e\".dcm", "empty file")]
+    write_reasons_csv(tmp_path / "errors.csv", rows)
+    with open(tmp_path / "errors.csv", newline="", encoding="utf-8") as handle:
+        parsed = list(csv.reader(handle))
+    assert parsed == [["file", "reason"], ["/in/M\\xfcller.dcm", "truncated"], *map(list, rows[1:])]
+
+
+def test_a_training_file_with_a_name_that_is_not_utf8_is_listed_not_the_end_of_the_check(tmp_path):
+    from scripts.data.checks import check_datalist
+
+    path = write_test_dicom(tmp_path / "good.dcm", np.zeros((16, 32), np.uint8), jpeg_quality=None)
+    bad = Path(os.fsdecode(bytes(tmp_path) + b"/M\xfcller.dcm"))
+    bad.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ValueError, match="1 of 2 training and validation files cannot be used"):
+        check_datalist({"training": [{"image": str(path)}, {"image": str(bad)}]}, report=tmp_path / "bad.csv")
+    assert "M\\xfcller.dcm" in (tmp_path / "bad.csv").read_text(encoding="utf-8")
+
+
+def test_an_annotation_as_long_as_a_line_may_be_is_read(tmp_path):
+    from scripts.siim.rle_csv import read_rle_csv
+
+    runs = " ".join(["1 1"] * 200_000)  # 800 kB: above Python's default CSV field limit, within the 1 MiB line limit
+    (tmp_path / "long.csv").write_text(f"ImageId,EncodedPixels\n1.2.3,{runs}\n")
+    assert read_rle_csv(tmp_path / "long.csv").annotations == {"1.2.3": [runs]}
+
+
+def test_an_image_whose_uid_holds_a_line_break_is_an_error_and_the_submission_parses_back(tmp_path):
+    from scripts.siim.rle_csv import read_rle_csv
+
+    items = _items(tmp_path / "a", ["1.1", "1.2"])
+    items[0]["image"].meta["SOPInstanceUID"] = "1.1\n9.9"
+    summary = _write_run(tmp_path / "out", items)
+    assert summary["processed"] == 1 and summary["failed"] == 1
+    assert "holds control characters; it cannot be an ImageId" in (tmp_path / "out" / "errors.csv").read_text()
+    assert list(read_rle_csv(tmp_path / "out" / "submission.csv").annotations) == ["1.2"]

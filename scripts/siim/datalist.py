@@ -91,7 +91,11 @@ def find_dicoms(folder: str | os.PathLike) -> tuple[dict[str, Path], list[str]]:
     found: dict[str, Path] = {}
     duplicates: list[str] = []
     for path in sorted(p for p in folder.rglob("*") if p.name.lower().endswith(DICOM_SUFFIXES) and p.is_file()):
-        image_id = dicom_image_id(path)
+        try:
+            image_id = dicom_image_id(path)
+        except ValueError as error:  # no CSV row can name it
+            logger.warning("%s; left out", error)
+            continue
         if image_id in found:
             duplicates.append(f"{image_id}: {path} (kept {found[image_id]})")
         else:

@@ -32,11 +32,18 @@ def dicom_image_id(path: str | os.PathLike, header: pydicom.Dataset | Mapping | 
 
     ``header``: the file's tags when they are already read (a pydicom ``Dataset``, or MONAI metadata holding
     ``SOPInstanceUID`` as ``scripts.data.reader.RadiographReader`` puts it), so the file is not opened again.
+
+    Raises:
+        ValueError: the ImageId would hold control characters (a line break would split the image's CSV row).
     """
     if header is None:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
         except Exception:  # unreadable header: the file name is all there is
-            return file_stem(path)
+            header = {}
     uid = str(header.get("SOPInstanceUID", "") or "").strip()
-    return uid or file_stem(path)
+    image_id = uid or file_stem(path)
+    if any(ord(character) < 0x20 or character == "\x7f" for character in image_id):
+        source = "SOPInstanceUID" if uid else "file name"
+        raise ValueError(f"{path}: its {source} {image_id[:80]!r} holds control characters; it cannot be an ImageId")
+    return image_id

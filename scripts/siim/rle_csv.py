@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from scripts.siim.rle import EMPTY, parse_runs
-from scripts.utils.files import atomic_open
+from scripts.utils.files import write_csv
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,7 @@ def read_rle_csv(path: str | os.PathLike, max_line_bytes: int = MAX_LINE_BYTES) 
     seen_rows: set[tuple[str, str]] = set()
     says_empty: set[str] = set()
     with open(path, "rb") as handle:
+        csv.field_size_limit(max(csv.field_size_limit(), max_line_bytes))  # a field may be as long as a line
         for line_number, text in _text_lines(handle, path, result, max_line_bytes):
             try:
                 (row,) = csv.reader([text], strict=True)
@@ -149,11 +150,7 @@ def write_rle_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]], styl
     if style not in CSV_STYLES:
         raise ValueError(f"unknown SIIM CSV style {style!r}; expected one of {CSV_STYLES}")
     prefix = " " if style == "stage1" else ""
-    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([HEADER[0], prefix + HEADER[1]])
-        for image_id, rle in rows:
-            writer.writerow([image_id, prefix + rle])
+    write_csv(path, [HEADER[0], prefix + HEADER[1]], ((image_id, prefix + rle) for image_id, rle in rows))
 
 
 def rows_from_annotations(annotations: Mapping[str, list[str]]) -> list[tuple[str, str]]:

@@ -8,11 +8,11 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "safe_name", "write_reasons_csv"]
+__all__ = ["atomic_open", "safe_name", "write_csv", "write_reasons_csv"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -42,12 +42,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[
         raise
 
 
-def write_reasons_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> None:
-    """A ``file,reason`` CSV (errors, skipped inputs, bad training files), atomically."""
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A UTF-8 CSV with ``\\n`` line ends, atomically, that any CSV reader parses back into the same fields.
+
+    A field holding a line break (``\\r`` included, which Python's writer leaves unquoted with ``\\n`` line ends) is
+    quoted; a file name that is not UTF-8 (its bytes arrive as surrogates) is written with those bytes as ``\\xNN``
+    escapes instead of making the whole file unwritable.
+    """
     with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(["file", "reason"])
-        writer.writerows(rows)
+        plain = csv.writer(handle, lineterminator="\n")
+        quoted = csv.writer(handle, lineterminator="\n", quoting=csv.QUOTE_ALL)
+        for row in [header, *rows]:
+            fields = [_printable(str(field)) for field in row]
+            (quoted if any("\r" in field for field in fields) else plain).writerow(fields)
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def write_reasons_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> None:
+    """A ``file,reason`` CSV (errors, skipped inputs, bad training files), atomically (:func:`write_csv`)."""
+    write_csv(path, ["file", "reason"], rows)
 
 
 def _umask() -> int:
