@@ -15,7 +15,7 @@ from scripts.data.reader import LoadRadiographd, declared_size
 from scripts.siim import rle
 from tests.conftest import REPO, bundle_env
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
-from tests.hostile import jpeg_bomb
+from tests.hostile import deflate_bomb, jpeg_bomb
 
 
 def load(path, **kwargs):
@@ -53,6 +53,22 @@ def test_a_decompression_bomb_is_refused_before_decoding_under_a_small_memory_li
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith(f"REFUSED {path}: ") and "60000 x 60000" in result.stdout
     assert "max_image_pixels" in result.stdout or "header says" in result.stdout
+
+
+def test_a_deflate_bomb_is_refused_before_inflating_under_a_small_memory_limit(tmp_path):
+    """Deflated Explicit VR Little Endian is a legal transfer syntax; pydicom inflates the whole dataset at once."""
+    path = deflate_bomb(tmp_path / "bomb.dcm", inflated_bytes=2 << 30)
+    assert path.stat().st_size < 16 << 20
+    result = subprocess.run(
+        [sys.executable, "-c", BOMB_UNDER_A_MEMORY_LIMIT, str(path)],
+        cwd=REPO, env=bundle_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"REFUSED {path}: its deflated data inflates to more than ")
+
+
+def test_a_small_deflated_radiograph_is_read(tmp_path):
+    assert load(deflate_bomb(tmp_path / "small.dcm", inflated_bytes=1000)).shape == (16, 16)
 
 
 def test_the_pixel_limit_is_configurable_and_a_normal_radiograph_passes(tmp_path):

@@ -18,6 +18,7 @@ import errno
 import os
 import struct
 import warnings
+import zlib
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
@@ -167,6 +168,32 @@ def file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
         for magic, what in _MAGIC:
             if head.startswith(magic):
                 return f"{what}, not DICOM"
+        return None
+    return _inflated_size_problem(path, max_bytes)
+
+
+def _inflated_size_problem(path: Path, max_bytes: int) -> str | None:
+    """A Deflated Explicit VR Little Endian file (a legal transfer syntax) whose dataset inflates to more than
+    ``max_bytes``: pydicom would inflate all of it in memory before any other check runs. Counted by inflating in
+    bounded steps, keeping nothing."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        with open(path, "rb") as handle:
+            read_preamble(handle, False)
+            meta = _read_file_meta_info(handle)
+            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+                return None
+            inflate, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+            while chunk := handle.read(1 << 20):
+                while chunk and inflated <= max_bytes:
+                    inflated += len(inflate.decompress(chunk, 1 << 24))
+                    chunk = inflate.unconsumed_tail
+                if inflated > max_bytes:
+                    return f"its deflated data inflates to more than {max_bytes} bytes (a deflate bomb?)"
+    except Exception:  # not this check's business: the reader says what is wrong with the file
+        return None
     return None
 
 
