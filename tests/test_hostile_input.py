@@ -133,6 +133,8 @@ def _edited(path, **tags):
                 ds.PixelData = ds.PixelData * 2
             elif keyword == "NumberOfFrames":  # a junk IS value, written as its bytes
                 ds.add_new(0x00280008, "IS", "99")
+            elif value is None:
+                delattr(ds, keyword)
             else:
                 setattr(ds, keyword, value)
         ds.save_as(path, enforce_file_format=False)
@@ -904,3 +906,48 @@ def test_an_image_whose_uid_holds_a_line_break_is_an_error_and_the_submission_pa
     assert summary["processed"] == 1 and summary["failed"] == 1
     assert "holds control characters; it cannot be an ImageId" in (tmp_path / "out" / "errors.csv").read_text()
     assert list(read_rle_csv(tmp_path / "out" / "submission.csv").annotations) == ["1.2"]
+
+
+def test_a_radiograph_stored_inverted_with_an_inverse_presentation_lut_is_read_as_displayed(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd
+
+    from scripts.data.intensity import NormalizeRadiographd
+
+    pixels, _ = asymmetric_case(60, 40)
+    shown = write_test_dicom(tmp_path / "shown.dcm", pixels, jpeg_quality=None)
+    stored = _edited(write_test_dicom(tmp_path / "inverse.dcm", 255 - pixels, jpeg_quality=None),
+                     PresentationLUTShape="INVERSE")
+    loading = Compose([LoadRadiographd("image"), EnsureChannelFirstd("image"), NormalizeRadiographd("image", mode="bits")])
+    expected = loading({"image": str(shown)})["image"]
+    np.testing.assert_allclose(loading({"image": str(stored)})["image"], expected, atol=1e-6)
+    assert float(expected.max()) > float(expected.min())
+
+
+def test_ctrl_c_prints_one_line_and_ends_the_process_as_sigint_does():
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from scripts.utils.errors import short_tracebacks\n" \
+           "short_tracebacks(); raise KeyboardInterrupt"
+    result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=60)
+    assert result.stderr == "interrupted (Ctrl-C)\n" and result.returncode in (-2, 130)
+
+
+def test_a_source_without_its_study_uid_costs_only_its_seg_with_the_reason(tmp_path):
+    import pydicom
+
+    items = _items(tmp_path / "a", ["1.1", "1.2"])
+    source = Path(items[0]["image"].meta["filename_or_obj"])
+    ds = pydicom.dcmread(source)
+    del ds.StudyInstanceUID
+    ds.save_as(source)
+    summary = _write_run(tmp_path / "out", items)
+    assert summary["processed"] == 2 and summary["errors"] == 1
+    assert ("DICOM SEG not written: ValueError: the source has no StudyInstanceUID: a SEG must reference its image, "
+            "series and study") in (tmp_path / "out" / "errors.csv").read_text()
+
+
+def test_a_radiograph_without_a_photometric_interpretation_is_named_as_such(tmp_path):
+    path = _edited(write_test_dicom(tmp_path / "a.dcm", np.zeros((16, 32), np.uint8), jpeg_quality=None),
+                   PhotometricInterpretation=None)
+    with pytest.raises((ValueError, RuntimeError)) as raised:
+        load(path)
+    error = raised.value.__cause__ if isinstance(raised.value, RuntimeError) and raised.value.__cause__ else raised.value
+    assert f"{path}: no PhotometricInterpretation" in str(error)

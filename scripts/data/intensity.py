@@ -16,14 +16,17 @@ __all__ = ["NormalizeRadiograph", "NormalizeRadiographd"]
 class NormalizeRadiograph(Transform):
     """Bring a radiograph of any bit depth and photometric interpretation to float32 in ``[0, 1]``, bright bone.
 
-    MONOCHROME1 images (high values = dark) are inverted first. Then:
+    MONOCHROME1 images (high values = dark) are inverted first, and so are MONOCHROME2 images whose
+    PresentationLUTShape is ``INVERSE`` (the stored values are shown inverted; an INVERSE MONOCHROME1 image is
+    shown as stored). Then:
 
     * ``mode="percentile"`` (default): the ``lower``/``upper`` percentiles of the image map to 0 and 1, clipped,
       which makes 8-bit SIIM files and 10-16 bit files from other sources (often using a fraction of their range)
       look alike;
     * ``mode="bits"``: divide by ``2**bits_stored - 1``, the full range the file can hold.
 
-    Called with ``(image, photometric, bits_stored)``; ``bits_stored=None`` falls back to the image maximum.
+    Called with ``(image, photometric, bits_stored, lut_shape)``; ``bits_stored=None`` falls back to the image
+    maximum.
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
@@ -37,14 +40,18 @@ class NormalizeRadiograph(Transform):
         self.mode, self.lower, self.upper = mode, lower, upper
 
     def __call__(
-        self, img: torch.Tensor | np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None
+        self,
+        img: torch.Tensor | np.ndarray,
+        photometric: str = "MONOCHROME2",
+        bits_stored: int | None = None,
+        lut_shape: str | None = None,
     ) -> torch.Tensor | np.ndarray:
         out = img.float() if isinstance(img, torch.Tensor) else np.asarray(img, dtype=np.float32)
         full_scale = float(2**bits_stored - 1) if bits_stored else float(out.max())
-        if str(photometric).upper() == "MONOCHROME1":
-            out = full_scale - out
-        elif str(photometric).upper() != "MONOCHROME2":
+        if str(photometric).upper() not in ("MONOCHROME1", "MONOCHROME2"):
             raise ValueError(f"a greyscale radiograph is MONOCHROME1 or MONOCHROME2, not {photometric!r}")
+        if (str(photometric).upper() == "MONOCHROME1") != (str(lut_shape or "").strip().upper() == "INVERSE"):
+            out = full_scale - out
         if self.mode == "bits":
             low, high = 0.0, full_scale
         else:
@@ -64,8 +71,8 @@ class NormalizeRadiograph(Transform):
 class NormalizeRadiographd(MapTransform):
     """Dictionary wrapper of :class:`NormalizeRadiograph`.
 
-    Reads ``PhotometricInterpretation`` and ``BitsStored`` from the image's metadata, where
-    ``scripts.data.reader.RadiographReader`` puts them (absent: MONOCHROME2 and the image maximum).
+    Reads ``PhotometricInterpretation``, ``BitsStored`` and ``PresentationLUTShape`` from the image's metadata, where
+    ``scripts.data.reader.RadiographReader`` puts them (absent: MONOCHROME2, the image maximum, IDENTITY).
     """
 
     backend = NormalizeRadiograph.backend
@@ -87,6 +94,9 @@ class NormalizeRadiographd(MapTransform):
             img = d[key]
             meta = getattr(img, "meta", {})
             d[key] = self.normalizer(
-                img, photometric=meta.get("PhotometricInterpretation", "MONOCHROME2"), bits_stored=meta.get("BitsStored")
+                img,
+                photometric=meta.get("PhotometricInterpretation", "MONOCHROME2"),
+                bits_stored=meta.get("BitsStored"),
+                lut_shape=meta.get("PresentationLUTShape"),
             )
         return d

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: Tags copied into a loaded image's metadata as plain values (collatable, readable by transforms).
-RADIOGRAPH_TAGS = ("PhotometricInterpretation", "BitsStored", "SOPInstanceUID", "Rows", "Columns")
+RADIOGRAPH_TAGS = ("PhotometricInterpretation", "BitsStored", "SOPInstanceUID", "Rows", "Columns", "PresentationLUTShape")
 #: Pixels a radiograph may declare; far above a 4300 x 3500 detector, far below what fills a loader's memory.
 DEFAULT_MAX_PIXELS = 50_000_000
 #: What a file that is not DICOM starts with, to say what it is.
@@ -116,6 +116,7 @@ class RadiographReader(PydicomReader):
             value = getattr(img, keyword, None)
             if value is not None:
                 metadata[keyword] = int(value) if isinstance(value, int) else str(value)
+        metadata.setdefault("PresentationLUTShape", "IDENTITY")  # every image has the key, so batches collate
         return metadata
 
 
@@ -217,6 +218,8 @@ def header_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
             return f"{frames} frames; a single-frame radiograph is needed"
         if "PixelData" not in ds:
             return "no pixel data" + (" (float pixel data, not a radiograph's)" if _has_float_pixels(ds) else "")
+        if not str(ds.get("PhotometricInterpretation", "") or "").strip():
+            return "no PhotometricInterpretation: its pixels cannot be read as MONOCHROME1 or MONOCHROME2"
         bits = _integer(ds, "BitsAllocated", 8)
         if bits not in (8, 16, 32):
             return f"BitsAllocated {bits}: a radiograph has 8, 16 or 32"

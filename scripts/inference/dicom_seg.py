@@ -85,6 +85,9 @@ def write_segmentation(
     # A projection radiograph has no frame of reference; highdicom would still copy its PixelSpacing into a Pixel
     # Measures sequence without SliceThickness, which highdicom itself then refuses to read back. The SEG is tied
     # to its source pixel for pixel (same Rows x Columns, spatial locations preserved), so it needs no spacing.
+    missing = [keyword for keyword in _REFERENCED_UIDS if not str(source.get(keyword, "") or "").strip()]
+    if missing:
+        raise ValueError(f"the source has no {', '.join(missing)}: a SEG must reference its image, series and study")
     _check_dates_and_times(source)
     character_set = _character_set_terms(source)
     stored = _stored_text(source)  # before anything decodes it
@@ -143,6 +146,8 @@ def read_segmentation_mask(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(pixels[0], dtype=np.uint8)
 
 
+#: What a SEG references its source by.
+_REFERENCED_UIDS = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 #: Date and time attributes highdicom copies from the source: a malformed one is named, not a highdicom traceback.
 _DATES = ("StudyDate", "PatientBirthDate", "SeriesDate", "ContentDate")
 _TIMES = ("StudyTime", "SeriesTime", "ContentTime")

@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
     for annotation in annotations:
         mask |= rle.decode(annotation, pixels.shape)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    pixels = NormalizeRadiograph(mode="bits")(pixels, photometric=photometric, bits_stored=getattr(ds, "BitsStored", None))
+    pixels = NormalizeRadiograph(mode="bits")(
+        pixels,
+        photometric=photometric,
+        bits_stored=getattr(ds, "BitsStored", None),
+        lut_shape=getattr(ds, "PresentationLUTShape", None),
+    )
     print(save_overlay(args.out, pixels, mask))
     return 0
 

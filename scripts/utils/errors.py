@@ -40,8 +40,8 @@ def short_tracebacks(debug: object = False) -> None:
         return
 
     def one_message(kind, error, traceback) -> None:
-        if issubclass(kind, KeyboardInterrupt):
-            sys.__excepthook__(kind, error, traceback)
+        if issubclass(kind, KeyboardInterrupt):  # Python still ends the process as SIGINT does
+            print("interrupted (Ctrl-C)", file=sys.stderr)
             return
         cause = bundle_cause(error)
         text = str(cause).strip()
