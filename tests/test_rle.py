@@ -107,6 +107,9 @@ def test_adjacent_runs_given_with_zero_gap_decode_as_one_region():
         ("4 1 4", "odd count"),
         ("4 1.5", "non-integer"),
         ("4 a", "non-integer"),
+        ("+4 1", "non-integer"),  # Python's int() takes these three; no SIIM tool writes them
+        ("4 1_0", "non-integer"),
+        ("\u0664 1", "non-integer"),  # an Arabic-Indic digit four
         ("4 0", "non-positive length"),
         ("4 -2", "non-positive length"),
         ("-3 2", "negative start"),

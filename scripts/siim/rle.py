@@ -11,6 +11,8 @@ Masks here are always in image orientation, ``(rows, cols)``, as pydicom's ``pix
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 EMPTY = "-1"
@@ -75,11 +77,10 @@ def parse_runs(rle: str) -> tuple[np.ndarray, np.ndarray]:
     if overlong is not None:
         kind = "number" if overlong.lstrip("+-").isdigit() else "non-integer value"
         raise ValueError(f"RLE holds a {kind} of {len(overlong)} characters ({overlong[:20]}...), larger than any image")
-    try:
-        values = [int(token) for token in tokens]
-    except ValueError:
-        bad = next(token for token in tokens if not _is_int(token))
-        raise ValueError(f"RLE holds a non-integer value {bad[:40]!r}") from None
+    bad = next((token for token in tokens if not _INTEGER.fullmatch(token)), None)
+    if bad is not None:  # Python's int() would also take "+5", "5_0" and non-ASCII digits
+        raise ValueError(f"RLE holds a non-integer value {bad[:40]!r}")
+    values = [int(token) for token in tokens]
     too_large = next((index for index, value in enumerate(values) if abs(value) > MAX_NUMBER), None)
     if too_large is not None:
         raise ValueError(f"RLE number {too_large} ({tokens[too_large][:40]}) is larger than any image")
@@ -149,9 +150,4 @@ def _is_shape(shape: object) -> bool:
     return integral and rows > 0 and cols > 0
 
 
-def _is_int(token: str) -> bool:
-    try:
-        int(token)
-    except ValueError:
-        return False
-    return True
+_INTEGER = re.compile(r"-?[0-9]+", re.ASCII)
