@@ -951,3 +951,16 @@ def test_a_radiograph_without_a_photometric_interpretation_is_named_as_such(tmp_
         load(path)
     error = raised.value.__cause__ if isinstance(raised.value, RuntimeError) and raised.value.__cause__ else raised.value
     assert f"{path}: no PhotometricInterpretation" in str(error)
+
+
+def test_a_monochrome1_radiograph_with_the_inverse_shape_the_standard_gives_it_is_inverted_once(tmp_path):
+    from monai.transforms import Compose, EnsureChannelFirstd
+
+    from scripts.data.intensity import NormalizeRadiographd
+
+    pixels, _ = asymmetric_case(60, 40)
+    shown = write_test_dicom(tmp_path / "shown.dcm", pixels, jpeg_quality=None)
+    mono1 = write_test_dicom(tmp_path / "mono1.dcm", 255 - pixels, photometric="MONOCHROME1", jpeg_quality=None)
+    _edited(mono1, PresentationLUTShape="INVERSE")
+    loading = Compose([LoadRadiographd("image"), EnsureChannelFirstd("image"), NormalizeRadiographd("image", mode="bits")])
+    np.testing.assert_allclose(loading({"image": str(mono1)})["image"], loading({"image": str(shown)})["image"], atol=1e-6)

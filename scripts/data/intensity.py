@@ -17,8 +17,9 @@ class NormalizeRadiograph(Transform):
     """Bring a radiograph of any bit depth and photometric interpretation to float32 in ``[0, 1]``, bright bone.
 
     MONOCHROME1 images (high values = dark) are inverted first, and so are MONOCHROME2 images whose
-    PresentationLUTShape is ``INVERSE`` (the stored values are shown inverted; an INVERSE MONOCHROME1 image is
-    shown as stored). Then:
+    PresentationLUTShape is ``INVERSE`` (shown inverted). The two are one inversion, not two: the standard gives
+    a MONOCHROME1 image the shape INVERSE (PS3.3, the DX and CR image modules), and it is displayed once inverted.
+    Then:
 
     * ``mode="percentile"`` (default): the ``lower``/``upper`` percentiles of the image map to 0 and 1, clipped,
       which makes 8-bit SIIM files and 10-16 bit files from other sources (often using a fraction of their range)
@@ -50,8 +51,8 @@ class NormalizeRadiograph(Transform):
         full_scale = float(2**bits_stored - 1) if bits_stored else float(out.max())
         if str(photometric).upper() not in ("MONOCHROME1", "MONOCHROME2"):
             raise ValueError(f"a greyscale radiograph is MONOCHROME1 or MONOCHROME2, not {photometric!r}")
-        if (str(photometric).upper() == "MONOCHROME1") != (str(lut_shape or "").strip().upper() == "INVERSE"):
-            out = full_scale - out
+        if str(photometric).upper() == "MONOCHROME1" or str(lut_shape or "").strip().upper() == "INVERSE":
+            out = full_scale - out  # one inversion: a MONOCHROME1 image carries INVERSE as the standard asks
         if self.mode == "bits":
             low, high = 0.0, full_scale
         else:
