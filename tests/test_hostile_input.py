@@ -301,7 +301,7 @@ def test_overwriting_replaces_the_whole_result_set_so_no_stale_seg_or_mask_survi
     assert not (out / "seg").exists()  # the new run found no pneumothorax: no SEG of the old one may claim one
     assert [p.name for p in (out / "masks").iterdir()] == ["2.1.png"]
     assert (out / "submission.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "2.1,-1"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no staging folder left
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [".out.lock"]  # no staging left
 
 
 @pytest.mark.parametrize("where", ["the input", "above the input"])
@@ -311,7 +311,7 @@ def test_an_output_folder_that_holds_the_input_is_never_replaced_even_with_overw
     items = _items(tmp_path / "study" / "images", ["1.1", "1.2"])
     out = tmp_path / "study" / "images" if where == "the input" else tmp_path / "study"
     scan = scan_dicom_inputs(tmp_path / "study" / "images")
-    with pytest.raises(ValueError, match=r"output_dir .* holds the input .*images: a run replaces its output folder"):
+    with pytest.raises(ValueError, match=r"output_dir .* holds the input \(.*images\): a run replaces its output folder"):
         _write_run(out, items, scan=scan, overwrite="true")
     assert sorted(p.name for p in (tmp_path / "study" / "images").iterdir()) == ["1.1.dcm", "1.2.dcm"]
 
@@ -330,21 +330,79 @@ def test_a_second_run_into_a_folder_being_written_is_refused_and_a_dead_runs_sta
     from scripts.inference.result_folder import ResultFolder
 
     out = tmp_path / "out"
-    stale = tmp_path / ".out.partial-1"  # a killed run's: its lock file is there but nobody holds it
+    stale = tmp_path / ".out.partial-1"  # a killed run's: nobody holds the lock
     (stale / "masks").mkdir(parents=True)
-    (tmp_path / ".out.partial-1.lock").touch()
     first = ResultFolder(out)
     staging = first.open()
-    assert not stale.exists() and not (tmp_path / ".out.partial-1.lock").exists()
+    assert not stale.exists()
     (staging / "submission.csv").write_text("ImageId,EncodedPixels\n")
-    with pytest.raises(ValueError, match=r"another inference run is writing into it \(\.out\.partial-"):
+    with pytest.raises(ValueError, match=r"output_dir .*out: another inference run is writing into it"):
         ResultFolder(out).open()  # the same process id (as two containers' first processes) changes nothing
     assert (staging / "submission.csv").is_file()
     first.publish()
-    assert (out / "submission.csv").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "submission.csv").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [".out.lock", "out"]
     second = ResultFolder(out, overwrite=True)
     second.open()
     second.discard()
+
+
+_START_TOGETHER = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from scripts.inference.result_folder import ResultFolder
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+try:
+    ResultFolder(sys.argv[2]).open()
+    print("opened", flush=True)
+    time.sleep(2)
+except ValueError as error:
+    print("refused", error)
+"""
+
+
+def test_of_runs_started_at_the_same_instant_exactly_one_gets_the_folder(tmp_path):
+    import time
+
+    start = str(time.time() + 2)
+    runs = [subprocess.Popen([sys.executable, "-c", _START_TOGETHER, str(REPO), str(tmp_path / "out"), start],
+                             stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    outcomes = sorted(run.communicate(timeout=60)[0].split()[0] for run in runs)
+    assert outcomes == ["opened", "refused", "refused", "refused"]
+
+
+def test_an_output_folder_that_is_a_link_gets_the_results_in_the_linked_folder(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "out").symlink_to(tmp_path / "real")
+    _write_run(tmp_path / "out", _items(tmp_path / "a", ["1.1"]))
+    assert (tmp_path / "out").is_symlink() and (tmp_path / "real" / "submission.csv").is_file()
+    _write_run(tmp_path / "out", _items(tmp_path / "b", ["2.1"]), overwrite="true")
+    assert (tmp_path / "out").is_symlink() and "2.1" in (tmp_path / "real" / "submission.csv").read_text()
+
+
+def test_what_appears_in_the_output_folder_during_a_run_is_kept_and_so_are_the_runs_results(tmp_path):
+    from scripts.inference.result_folder import ResultFolder
+
+    out = tmp_path / "out"
+    _write_run(out, _items(tmp_path / "a", ["1.1"]))
+    folder = ResultFolder(out, overwrite=True, result_names=["submission.csv", "errors.csv", "skipped.csv",
+                                                             "summary.json", "masks", "seg"])
+    staging = folder.open()
+    (staging / "submission.csv").write_text("new")
+    (out / ".DS_Store").write_bytes(b"finder")
+    with pytest.raises(ValueError, match=r"holds what is not an inference result \(\.DS_Store\).*; this run's "
+                                         r"results are kept in .*\.out\.partial-"):
+        folder.publish()
+    assert (out / ".DS_Store").is_file() and (staging / "submission.csv").read_text() == "new"
+
+
+def test_the_current_folder_is_never_an_output_folder(tmp_path, monkeypatch):
+    from scripts.inference.result_folder import ResultFolder
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for out in (tmp_path / "work", tmp_path):
+        with pytest.raises(ValueError, match="holds the current folder"):
+            ResultFolder(out, overwrite=True).open()
 
 
 def test_linked_folders_are_searched_once_and_hidden_ones_listed(tmp_path):
@@ -384,7 +442,7 @@ def test_a_failed_run_leaves_the_previous_results_as_they_were(tmp_path):
     with pytest.raises(RuntimeError, match="the GPU fell over"):
         engine.run([0, 1])
     assert (out / "submission.csv").read_text() == before and [p.name for p in (out / "masks").iterdir()] == ["1.1.png"]
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == [".out.lock"]  # no staging left
 
 
 def test_an_output_path_that_is_a_file_is_one_clear_error(tmp_path):
@@ -964,3 +1022,22 @@ def test_a_monochrome1_radiograph_with_the_inverse_shape_the_standard_gives_it_i
     _edited(mono1, PresentationLUTShape="INVERSE")
     loading = Compose([LoadRadiographd("image"), EnsureChannelFirstd("image"), NormalizeRadiographd("image", mode="bits")])
     np.testing.assert_allclose(loading({"image": str(mono1)})["image"], loading({"image": str(shown)})["image"], atol=1e-6)
+
+
+def test_a_lone_surrogate_in_a_reason_is_written_not_a_crash(tmp_path):
+    from scripts.utils.files import write_reasons_csv
+
+    write_reasons_csv(tmp_path / "errors.csv", [("/in/a.dcm", "odd \ud800 text")])
+    assert "odd \\ud800 text" in (tmp_path / "errors.csv").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("uid", ["1.1\x859.9", "1.1\u20289.9", "1.1\x7f"], ids=["NEL", "line-separator", "DEL"])
+def test_unicode_line_breaks_and_controls_are_refused_in_an_image_id(uid):
+    from scripts.siim.image_id import dicom_image_id
+
+    with pytest.raises(ValueError, match="holds control characters"):
+        dicom_image_id("/in/x.dcm", header={"SOPInstanceUID": uid})
+
+
+def test_a_one_pixel_image_with_its_pad_byte_is_one_frame(tmp_path):
+    assert load(write_test_dicom(tmp_path / "a.dcm", np.full((1, 1), 7, np.uint8), jpeg_quality=None)).shape == (1, 1)

@@ -257,7 +257,7 @@ def _native_length_problem(ds: pydicom.Dataset) -> str | None:
     expected = rows * columns * size["bytes_per_sample"]
     if length < expected:
         return f"truncated: its pixel data holds {length} bytes, {rows} x {columns} needs {expected}"
-    if length >= 2 * expected:
+    if length >= 2 * expected and length > expected + 1:  # a pad byte is not a frame (a 1 x 1 8-bit image)
         return (
             f"its pixel data holds {length} bytes, {length // expected} frames of {rows} x {columns}, but the header "
             "declares one (Rows or Columns edited? the data stored twice?)"

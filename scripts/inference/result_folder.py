@@ -1,16 +1,19 @@
 """A run owns its output folder: results are written aside and replace the folder's contents as one.
 
-An inference run writes everything into a hidden staging folder beside ``output_dir`` (``.<name>.partial-<random>``,
-with a lock file beside it that the run holds while it lives) and, when it has finished, exchanges it with ``output_dir`` in one atomic step
+An inference run holds a lock beside ``output_dir`` (``.<name>.lock``, ``fcntl.flock``: it ends with the process,
+however it ends, and holds across containers that share the folder) for as long as it runs, so a second run into
+the same folder is refused at once. It writes everything into a hidden staging folder beside ``output_dir``
+(``.<name>.partial-<random>``) and, when it has finished, exchanges it with ``output_dir`` in one atomic step
 (Linux ``renameat2(RENAME_EXCHANGE)``; elsewhere two renames). A reader of ``output_dir`` therefore sees the
 previous run's complete result set or the new one, never a mix: no stale DICOM SEG or mask of an earlier run
 survives beside the new ``submission.csv``. A run that fails leaves ``output_dir`` as it was (and does not create
-it).
+it); the staging folders of killed runs are removed by the next run.
 
 A folder that already holds anything is refused unless the run is told to replace it (``--overwrite true``), and
-even then only a folder that holds nothing but an earlier run's results is replaced: never one that holds or
-contains the input, or anything else. A second run into the same folder while one is writing is refused; the
-staging folders of runs that were killed are removed.
+even then only a folder that holds nothing but an earlier run's results is replaced: never one that is, or holds,
+the input or the current folder, nor one that holds anything else. An ``output_dir`` that is a link is followed
+(the results replace the linked folder's); a mount point is refused (it cannot be replaced as a whole: use a
+folder inside it).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import fcntl
+import glob
 import os
 import shutil
 import sys
@@ -41,7 +45,7 @@ class ResultFolder:
             before the run.
         result_names: the names a result set is made of; with ``overwrite``, a folder holding anything else is
             refused.
-        inputs: what the run reads; an ``output_dir`` that is, or contains, one of them is refused.
+        inputs: what the run reads; an ``output_dir`` that is, or holds, one of them is refused.
     """
 
     def __init__(
@@ -51,7 +55,8 @@ class ResultFolder:
         result_names: Iterable[str] = (),
         inputs: Iterable[str | os.PathLike] = (),
     ) -> None:
-        self.output_dir = Path(output_dir).absolute()
+        path = Path(output_dir).absolute()
+        self.output_dir = path.resolve() if path.is_symlink() else path  # a link: its folder gets the results
         self.overwrite = overwrite
         self.result_names = frozenset(result_names)
         self.inputs = [Path(path).absolute() for path in inputs]
@@ -59,16 +64,21 @@ class ResultFolder:
         self._lock: int | None = None
 
     def check(self) -> None:
-        """Refuse, in one line, an ``output_dir`` that is a file, that holds or contains the input, that holds
-        anything without ``overwrite``, or anything but results with it."""
+        """Refuse, in one line, an ``output_dir`` that is a file or a mount point, that is or holds the input or the
+        current folder, that holds anything without ``overwrite``, or anything but results with it."""
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ValueError(f"output_dir {self.output_dir} is a file, not a folder")
+        if self.output_dir.is_dir() and os.path.ismount(self.output_dir):
+            raise ValueError(
+                f"output_dir {self.output_dir} is a mount point, which a run cannot replace as a whole: use a folder "
+                f"inside it ({self.output_dir / 'results'})"
+            )
         real = self.output_dir.resolve()
-        for path in self.inputs:
+        for path, what in [(path, "the input") for path in self.inputs] + [(Path.cwd(), "the current folder")]:
             if path.resolve() == real or real in path.resolve().parents:
                 raise ValueError(
-                    f"output_dir {self.output_dir} holds the input {path}: a run replaces its output folder, so "
-                    "choose one outside the input (a folder inside it is fine)"
+                    f"output_dir {self.output_dir} holds {what} ({path}): a run replaces its output folder, so "
+                    "choose one outside it (a folder inside the input is fine)"
                 )
         if not self.output_dir.is_dir():
             return
@@ -88,87 +98,94 @@ class ResultFolder:
             )
 
     def open(self) -> Path:
-        """Check ``output_dir`` and create a fresh, locked staging folder beside it; staging folders of dead runs
-        are removed, and a live one (another run writing here) is refused."""
-        self.check()
+        """Take the run lock, check ``output_dir``, remove the staging folders of killed runs, create a fresh one.
+
+        Raises:
+            ValueError: another run holds the lock, or ``output_dir`` is refused (:meth:`check`).
+        """
         self.discard()
         parent = self.output_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
-        for other in parent.glob(f".{self.output_dir.name}.{_STAGING}-*"):
-            if not other.is_dir():
-                continue
-            lock = _try_lock(_lock_file(other))
-            if lock is False:
-                raise ValueError(
-                    f"output_dir {self.output_dir}: another inference run is writing into it ({other.name}); "
-                    "wait for it, or choose another folder"
-                )
-            shutil.rmtree(other, ignore_errors=True)  # a killed run's
-            _lock_file(other).unlink(missing_ok=True)
-            if lock is not None:
-                os.close(lock)
-        self.staging = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.{_STAGING}-", dir=parent))
-        self._lock = _try_lock(_lock_file(self.staging), create=True)
+        self._lock = _try_lock(parent / f".{self.output_dir.name}.lock")
+        if self._lock is None:
+            raise ValueError(
+                f"output_dir {self.output_dir}: another inference run is writing into it; wait for it, or choose "
+                "another folder"
+            )
+        try:
+            self.check()
+            for stale in parent.glob(glob.escape(f".{self.output_dir.name}.{_STAGING}-") + "*"):
+                if stale.is_dir() and not stale.is_symlink():  # a dead run's: a live one would hold the lock
+                    shutil.rmtree(stale, ignore_errors=True)
+            self.staging = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.{_STAGING}-", dir=parent))
+        except BaseException:
+            self._unlock()
+            raise
         return self.staging
 
     def publish(self) -> Path:
-        """Make the staging folder ``output_dir``, replacing what it held in one step."""
+        """Make the staging folder ``output_dir``, replacing what it held in one step.
+
+        Raises:
+            ValueError: ``output_dir`` has changed so that it is refused now (something else appeared in it); this
+                run's results are kept in the staging folder, which the message names.
+        """
         if self.staging is None:
             raise RuntimeError("ResultFolder.publish before open")
-        self.check()  # the folder may have filled since the run began
         staging, self.staging = self.staging, None
         try:
-            if self.output_dir.is_dir() and any(self.output_dir.iterdir()):
-                if _exchange(staging, self.output_dir):
-                    shutil.rmtree(staging, ignore_errors=True)  # now the previous results
-                    return self.output_dir
-                previous = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.replaced-", dir=staging.parent))
-                os.replace(self.output_dir, previous)
-                os.rename(staging, self.output_dir)
-                shutil.rmtree(previous, ignore_errors=True)
-                return self.output_dir
-            if self.output_dir.is_dir():
-                self.output_dir.rmdir()
-            os.rename(staging, self.output_dir)
-            return self.output_dir
+            try:
+                self.check()  # the folder may have changed since the run began
+            except ValueError as error:
+                raise ValueError(f"{error}; this run's results are kept in {staging}") from None
+            try:
+                return self._swap_in(staging)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         finally:
-            self._unlock(staging)
+            self._unlock()
+
+    def _swap_in(self, staging: Path) -> Path:
+        if self.output_dir.is_dir() and any(self.output_dir.iterdir()):
+            if _exchange(staging, self.output_dir):
+                shutil.rmtree(staging, ignore_errors=True)  # now the previous results
+                return self.output_dir
+            previous = Path(tempfile.mkdtemp(prefix=f".{self.output_dir.name}.replaced-", dir=staging.parent))
+            os.replace(self.output_dir, previous)
+            os.rename(staging, self.output_dir)
+            shutil.rmtree(previous, ignore_errors=True)
+            return self.output_dir
+        if self.output_dir.is_dir():
+            self.output_dir.rmdir()
+        os.rename(staging, self.output_dir)
+        return self.output_dir
 
     def discard(self) -> None:
-        """Remove the staging folder of a run that failed; ``output_dir`` keeps what it held."""
+        """Remove the staging folder of a run that failed, release the lock; ``output_dir`` keeps what it held."""
         if self.staging is not None:
             shutil.rmtree(self.staging, ignore_errors=True)
-            self._unlock(self.staging)
             self.staging = None
+        self._unlock()
 
-    def _unlock(self, staging: Path) -> None:
-        _lock_file(staging).unlink(missing_ok=True)
+    def _unlock(self) -> None:
         if self._lock is not None:
-            os.close(self._lock)
+            os.close(self._lock)  # the lock file stays: removing it would let two runs lock two different files
             self._lock = None
-
-
-def _lock_file(staging: Path) -> Path:
-    return staging.with_name(staging.name + ".lock")
 
 
 def _shown(names: list[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
-def _try_lock(path: Path, create: bool = False) -> int | None | bool:
-    """An exclusive lock on ``path`` (its descriptor), ``False`` if another process holds it, ``None`` if there is
-    no such file to lock. The lock dies with its process, however it ends, and holds across containers that share
-    the folder."""
-    try:
-        descriptor = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
-    except FileNotFoundError:
-        return None
+def _try_lock(path: Path) -> int | None:
+    """An exclusive lock on ``path`` (created if need be): its descriptor, or None if another process holds it."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(descriptor)
-        return False
+        return None
     return descriptor
 
 

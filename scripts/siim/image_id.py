@@ -8,6 +8,7 @@ UID, is named by its file name without the extension.
 from __future__ import annotations
 
 import os
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import pydicom
 __all__ = ["dicom_image_id", "file_stem"]
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
+#: Unicode categories an ImageId may not hold: control characters (C0, DEL, C1) and line and paragraph separators.
+_CONTROL = {"Cc", "Zl", "Zp"}
 
 
 def file_stem(path: str | os.PathLike) -> str:
@@ -43,7 +46,7 @@ def dicom_image_id(path: str | os.PathLike, header: pydicom.Dataset | Mapping | 
             header = {}
     uid = str(header.get("SOPInstanceUID", "") or "").strip()
     image_id = uid or file_stem(path)
-    if any(ord(character) < 0x20 or character == "\x7f" for character in image_id):
+    if any(unicodedata.category(character) in _CONTROL for character in image_id):
         source = "SOPInstanceUID" if uid else "file name"
         raise ValueError(f"{path}: its {source} {image_id[:80]!r} holds control characters; it cannot be an ImageId")
     return image_id

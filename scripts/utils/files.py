@@ -58,7 +58,10 @@ def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Seq
 
 
 def _printable(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    try:  # a file name's undecodable bytes (surrogateescape) back to bytes, shown as \\xNN
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # any other lone surrogate: shown as \\udNNN
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def write_reasons_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> None:
