@@ -89,6 +89,19 @@ def test_training_writes_best_model_checkpoint_and_logs(trained):
 
 
 @pytest.mark.slow
+def test_the_saved_model_records_its_network_and_inference_needs_no_override(trained, tiny_siim):
+    out, _ = trained
+    record = json.loads((out / "models" / "model.json").read_text())
+    assert record["network"]["target"] == "AttentionUnet" and record["network"]["channels"] == [4, 8, 16]
+    args = ["run", "--config_file", config_files(COMMON, "configs/inference.json"), "--meta_file", META]  # no TINY
+    args += ["--dataset_dir", str(tiny_siim / "dicom-images-test"), "--output_dir", str(out / "inference"),
+             "--ckpt_dir", str(out / "models"), "--roi_size", "[64,64]"]  # fmt: skip
+    run_bundle(args)
+    rows = (out / "inference" / "submission.csv").read_text().splitlines()
+    assert rows[0] == "ImageId,EncodedPixels" and len(rows) == 3
+
+
+@pytest.mark.slow
 def test_evaluation_scores_the_fold_and_saves_the_best_thresholds(trained, tiny_siim):
     out, _ = trained
     eval_dir = out / "eval"

@@ -12,7 +12,7 @@ from scripts.utils.distributed import handlers_for_this_rank
 from scripts.utils.metadata import bundle_identity
 from tests.conftest import COMMON, REPO
 
-SHARED = ("network_def", "device", "amp", "amp_dtype", "channels_last", "memory_format", "num_workers", "triplet", "image_loading")
+SHARED = ("network_config", "device", "amp", "amp_dtype", "channels_last", "memory_format", "num_workers", "triplet", "image_loading")
 
 
 def read(*names):

@@ -7,7 +7,7 @@ from monai.bundle import ConfigParser
 
 from tests.conftest import COMMON, REPO, config_files, run_bundle
 
-SMALL = ["--network_def#channels", "[4,8,16,32,64]"]
+SMALL = ["--network_config#channels", "[4,8,16,32,64]"]
 INFERENCE = config_files(COMMON, "configs/inference.json")
 
 
@@ -17,7 +17,7 @@ def small_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     parser = ConfigParser()
     parser.read_config([str(REPO / COMMON), str(REPO / "configs" / "inference.json")])
-    parser["network_def"]["channels"] = [4, 8, 16, 32, 64]
+    parser["network_config"]["channels"] = [4, 8, 16, 32, 64]
     torch.manual_seed(0)
     network = parser.get_parsed_content("network_def").eval()
     torch.save(network.state_dict(), folder / "model.pt")

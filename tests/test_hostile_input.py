@@ -812,7 +812,7 @@ def test_evaluating_weights_of_another_network_names_the_file(tiny_siim, tmp_pat
     args = train_args(tiny_siim, tmp_path, "configs/evaluate.json")
     result = run_bundle(args, check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert f"{tmp_path / 'models' / 'model.pt'}: weights of another network than network_def" in result.stderr
+    assert f"{tmp_path / 'models' / 'model.pt'}: weights of another network than network_config" in result.stderr
 
 
 def test_a_source_with_a_malformed_study_date_costs_only_its_seg_with_the_reason(tmp_path):

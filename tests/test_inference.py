@@ -306,7 +306,7 @@ def test_weights_load_only_as_plain_state_dicts(tmp_path):
     with pytest.raises(FileNotFoundError, match="no weights at"):
         load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "missing.pt")
     torch.save(torch.nn.Conv2d(1, 2, 1).state_dict(), tmp_path / "other.pt")
-    with pytest.raises(ValueError, match="other.pt: weights of another network than network_def"):
+    with pytest.raises(ValueError, match="other.pt: weights of another network than network_config"):
         load_weights(torch.nn.Conv2d(1, 1, 1), tmp_path / "other.pt")
 
 
@@ -317,12 +317,12 @@ def test_inference_builds_the_network_that_training_saves():
         return parser
 
     train, infer = merged("common.json", "train.json"), merged("common.json", "inference.json")
-    assert infer["network_def"] == train["network_def"]
+    assert infer["network_config"] == train["network_config"]
     for name in ("train.json", "inference.json"):  # written once, in common.json
-        assert "network_def" not in json.loads((REPO / "configs" / name).read_text())
+        assert "network_config" not in json.loads((REPO / "configs" / name).read_text())
     demo = merged("common.json", "train.json", "demo.json", "demo_train.json")
     demo_infer = merged("common.json", "inference.json", "demo.json", "demo_inference.json")
-    assert demo_infer["network_def"] == demo["network_def"] and demo["network_def"]["channels"] == [8, 16, 32, 64, 128]
+    assert demo_infer["network_config"] == demo["network_config"] and demo["network_config"]["channels"] == [8, 16, 32, 64, 128]
     assert demo_infer["roi_size"] == demo["crop_size"]
 
 

@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     channels = [int(c) for c in args.channels.split(",")]
-    network = {"network_def#channels": channels, "network_def#strides": [2] * (len(channels) - 1)}
+    network = {"network_config#channels": channels, "network_config#strides": [2] * (len(channels) - 1)}
     train_overrides = {**network, "crop_size": [args.crop, args.crop], "batch_size": args.batch, "compile": args.compile}
     infer_overrides = {**network, "roi_size": [args.crop, args.crop]}
 

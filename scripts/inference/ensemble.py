@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from collections.abc import Sequence
 
 import torch
 
+from scripts.networks.definition import network_for
 from scripts.training.checkpoints import load_weights
 from scripts.utils.flags import switches
 
@@ -26,7 +26,9 @@ class AveragedProbabilities(torch.nn.Module):
     """Average ``sigmoid`` outputs over checkpoints and (optionally) horizontal flips; return their logit.
 
     Args:
-        network_def: the network architecture; one copy is made per checkpoint.
+        network_def: the network of a checkpoint that has no record of its own (``models/model.json`` with the
+            network's definition, ``scripts.networks.definition``); a checkpoint with one gets the network it
+            records, so the members may be different architectures.
         checkpoints: paths of state dicts (``models/model.pt``), loaded with ``weights_only=True``.
         flip_tta: also run every network on the left-right flipped input and flip the result back.
         device, memory_format: where and in which layout the networks live.
@@ -52,7 +54,7 @@ class AveragedProbabilities(torch.nn.Module):
             raise ValueError("AveragedProbabilities needs at least one checkpoint")
         self.networks = torch.nn.ModuleList()
         for path in checkpoints:
-            network = load_weights(copy.deepcopy(network_def), path, device)
+            network = load_weights(network_for(path, network_def), path, device)
             self.networks.append(network.to(device, memory_format=memory_format).eval())
         self.flip_tta = flip_tta
         self.eps = eps

@@ -11,8 +11,9 @@ It prepares, under ``--workdir`` (default ``runs/label``), without copying or to
 * ``bundle/``: the bundle that is served: ``configs/inference.json`` and ``configs/train.json`` generated from the
   repository's ``common.json`` + ``inference.json`` / ``train.json`` with any ``--override`` files merged in (paths
   pointing elsewhere dropped), as the single files MONAI Label reads, ``scripts`` linked to
-  the repository's package, and ``models/model.pt`` copied once from ``--weights`` (training through MONAI Label
-  then replaces it there, and the next inference uses it).
+  the repository's package, and ``models/model.pt`` (with its network's record ``model.json`` and
+  ``thresholds.json``) copied once from ``--weights`` (training through MONAI Label then replaces it there, and
+  the next inference uses it).
 
 Then it replaces itself with ``monailabel start_server`` (from ``--venv``, default ``.venv-label``) on
 ``127.0.0.1``, offline, so Ctrl-C or SIGTERM stops the server cleanly.
@@ -119,9 +120,11 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
             )
         model.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(weights, model)
-        thresholds = Path(weights).parent / "thresholds.json"
-        if thresholds.is_file():
-            shutil.copyfile(thresholds, model.parent / "thresholds.json")
+        # the thresholds evaluation chose, and the record of the network the weights belong to (model.json)
+        for source, target in ((Path(weights).parent / "thresholds.json", model.parent / "thresholds.json"),
+                               (Path(weights).with_suffix(".json"), model.with_suffix(".json"))):  # fmt: skip
+            if source.is_file():
+                shutil.copyfile(source, target)
     return bundle
 
 

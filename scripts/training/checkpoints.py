@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from scripts.networks.definition import RECORD_KEY, record_path, saved_network_config
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
@@ -52,12 +53,23 @@ class BestModelSaver:
         metric_name: a metric of the validator; default its key metric.
         resume: continue an earlier run: start from the best score recorded beside ``path`` instead of from none,
             so a resumed run never replaces a better model with a worse one.
+        network_config: the network's definition (``network_config``), written into the record beside ``path``
+            (``models/model.json``) so that whatever loads the weights builds the network they belong to
+            (``scripts.networks.definition``).
     """
 
     @switches(resume="resume")
-    def __init__(self, network: torch.nn.Module, path: str | os.PathLike, metric_name: str | None = None, resume: bool = False):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        path: str | os.PathLike,
+        metric_name: str | None = None,
+        resume: bool = False,
+        network_config: Mapping | None = None,
+    ):
         self.network, self.path, self.metric_name = network, Path(path), metric_name
-        self.record_path = self.path.with_suffix(".json")
+        self.network_config = dict(network_config) if network_config is not None else None
+        self.record_path = record_path(self.path)
         self.best = -float("inf")
         if resume and self.record_path.is_file():
             self.best = float(json.loads(self.record_path.read_text())["score"])
@@ -77,8 +89,11 @@ class BestModelSaver:
             return
         state = {key: value.detach().cpu() for key, value in unwrap(self.network).state_dict().items()}
         _atomic_torch_save(state, self.path)
+        record = {"metric": name, "score": score, "epoch": engine.state.epoch}
+        if self.network_config is not None:
+            record[RECORD_KEY] = self.network_config
         with atomic_open(self.record_path, "w", encoding="utf-8") as handle:
-            json.dump({"metric": name, "score": score, "epoch": engine.state.epoch}, handle, indent=4)
+            json.dump(record, handle, indent=4)
         logger.info("new best %s %.4f at epoch %d: saved %s", name, score, engine.state.epoch, self.path)
 
 
@@ -187,7 +202,9 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str 
 
     Raises:
         FileNotFoundError: no file at ``path``, with a hint on where weights come from.
-        ValueError: the file is not a state dict of this network.
+        ValueError: the file is not a state dict of this network: the message names the file, where the network was
+            defined (the record beside it, ``models/model.json``, or ``network_config``) and the first key that
+            does not fit.
     """
     path = Path(path)
     if not path.is_file():
@@ -205,13 +222,29 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike, device: str 
         ) from error
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict, got {type(state).__name__}")
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])
-        raise ValueError(f"{path}: weights of another network than network_def ({detail[:400]})") from error
+    mismatch = _first_mismatch(network.state_dict(), state)
+    if mismatch is None:
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as error:
+            mismatch = " ".join(line.strip() for line in str(error).strip().splitlines()[:3])[:400]
+    if mismatch is not None:
+        record = record_path(path)
+        defined = f"the one {record} defines" if saved_network_config(path) is not None else "network_config"
+        raise ValueError(f"{path}: weights of another network than {defined} ({mismatch})")
     return network
+
+
+def _first_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, object]) -> str | None:
+    """The first key of ``state`` that does not fit ``expected`` (a network's ``state_dict``), in words."""
+    for key, tensor in expected.items():
+        if key not in state:
+            return f"first mismatched key: {key}, which the file lacks"
+        value = state[key]
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != tuple(tensor.shape):
+            return f"first mismatched key: {key}, {tuple(value.shape)} in the file, {tuple(tensor.shape)} in the network"
+    extra = next((key for key in state if key not in expected), None)
+    return f"first mismatched key: {extra}, which the network lacks" if extra is not None else None
 
 
 class LoadBestModel:

@@ -1,0 +1,82 @@
+"""A network is defined once, as plain data, and that definition is saved beside the weights it was trained with.
+
+A definition is a JSON object: ``{"target": <a MONAI network name or a dotted path>, <its arguments>...}``, e.g.
+``{"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, ...}``. ``configs/common.json`` holds it as
+``network_config`` (override it per argument, ``--network_config#channels "[16,32,64]"``, or swap it for a whole
+file of ``configs/networks/``), and ``network_def`` is built from it. Training writes it into ``models/model.json``
+beside ``models/model.pt``, so evaluation, inference, export and the MONAI Label app build the network from the
+checkpoint's own record (:func:`network_for`): an override given at training time needs no repeating, and the
+members of an ensemble may be different networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+__all__ = ["RECORD_KEY", "build_network", "network_for", "record_path", "saved_network_config"]
+
+logger = logging.getLogger(__name__)
+
+#: The key of the network definition in a checkpoint's record (``model.json``).
+RECORD_KEY = "network"
+
+
+def build_network(config: Mapping) -> torch.nn.Module:
+    """The network ``config`` defines (``target`` found as MONAI's bundle configs find a ``_target_``).
+
+    Raises:
+        ValueError: ``config`` is not a definition (no ``target``), or the target cannot be built with these
+            arguments (the message says which).
+    """
+    from monai.bundle import ConfigParser
+
+    if not isinstance(config, Mapping) or not isinstance(config.get("target"), str):
+        raise ValueError(f"a network definition is an object with a 'target' name, got {str(config)[:200]}")
+    arguments = copy.deepcopy({key: value for key, value in config.items() if key != "target"})
+    parser = ConfigParser({"network": {"_target_": config["target"], **arguments}})
+    try:
+        return parser.get_parsed_content("network")
+    except Exception as error:
+        cause = error.__cause__ or error
+        raise ValueError(f"network {config['target']} cannot be built from its definition: {cause}") from error
+
+
+def record_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a checkpoint's record is: ``models/model.pt`` -> ``models/model.json``."""
+    return Path(checkpoint).with_suffix(".json")
+
+
+def saved_network_config(checkpoint: str | os.PathLike) -> dict | None:
+    """The network definition recorded beside ``checkpoint``, or None (no record, or an older one without it).
+
+    Raises:
+        ValueError: the record exists but is not readable JSON (naming it).
+    """
+    path = record_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: the record of {Path(checkpoint).name} is not readable JSON ({error})") from None
+    config = record.get(RECORD_KEY) if isinstance(record, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def network_for(checkpoint: str | os.PathLike, default: Mapping | torch.nn.Module) -> torch.nn.Module:
+    """The network ``checkpoint``'s weights belong to: built from the definition recorded beside it, else from
+    ``default`` (a definition, or a network that is copied)."""
+    config = saved_network_config(checkpoint)
+    if config is not None:
+        logger.info("network of %s: %s, as %s records", Path(checkpoint).name, config.get("target"), record_path(checkpoint))
+        return build_network(config)
+    if isinstance(default, torch.nn.Module):
+        return copy.deepcopy(default)
+    return build_network(default)
