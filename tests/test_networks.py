@@ -8,6 +8,9 @@ import torch
 from scripts.inference.ensemble import AveragedProbabilities
 from scripts.networks.definition import build_network, network_for, saved_network_config
 from scripts.training.checkpoints import load_weights
+from tests.conftest import REPO
+
+REPO_CONFIGS = REPO / "configs"
 
 TINY_ATTENTION = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
                   "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
@@ -65,3 +68,81 @@ def test_a_mixed_ensemble_averages_the_probabilities_of_its_different_networks(t
     with torch.no_grad():
         expected = sum(torch.sigmoid(network(x)) for _, network in members) / len(members)
         torch.testing.assert_close(torch.sigmoid(ensemble(x)), expected, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------ the seeds' families
+FAMILIES = ["unet_resnet34", "unet_resnet50", "unet_efficientnet", "unetplusplus"]
+
+
+def _family_network(family, *files):
+    from monai.bundle import ConfigParser
+
+    from tests.conftest import COMMON
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / COMMON), *[str(REPO / f) for f in files], str(REPO / "configs" / "networks" / f"{family}.json")])
+    return parser.get_parsed_content("network_def")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_maps_a_radiograph_to_one_logit_map_and_scripts_to_the_same_outputs(family):
+    torch.manual_seed(0)
+    network = _family_network(family, "configs/train.json").eval()
+    x = torch.rand(2, 1, 64, 96)
+    with torch.no_grad():
+        y = network(x)
+        assert isinstance(y, torch.Tensor) and y.shape == (2, 1, 64, 96)
+        torch.testing.assert_close(torch.jit.script(network)(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_the_resnet34_encoder_has_torchvisions_layout():
+    """The names and shapes of torchvision's ``resnet34`` state dict (without its classifier), so that ImageNet
+    weights saved from torchvision fit."""
+    from scripts.networks.encoders import ImageNetResNetEncoder
+
+    state = ImageNetResNetEncoder("resnet34-imagenet", in_channels=3).state_dict()
+    assert state["conv1.weight"].shape == (64, 3, 7, 7) and "layer2.0.downsample.0.weight" in state
+    assert state["layer2.0.downsample.0.weight"].shape == (128, 64, 1, 1) and "layer2.0.downsample.0.bias" not in state
+    assert sum(key.startswith("layer3.") and key.endswith(".conv1.weight") for key in state) == 6
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_trains_then_infers_and_exports_from_its_checkpoint_without_the_override(family, tiny_siim, tmp_path):
+    from tests.conftest import COMMON, TINY, config_files, run_bundle
+
+    meta = "configs/metadata.json"
+    run_bundle(["run", "--config_file", config_files(COMMON, "configs/train.json", TINY, f"configs/networks/{family}.json"),
+                "--meta_file", meta, "--dataset_dir", str(tiny_siim), "--output_dir", str(tmp_path / "train"),
+                "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1"])  # fmt: skip
+    recorded = saved_network_config(tmp_path / "models" / "model.pt")
+    assert recorded == json.loads((REPO_CONFIGS / "networks" / f"{family}.json").read_text())["network_config"]
+    inference = config_files(COMMON, "configs/inference.json")  # the family is read from the checkpoint's record
+    run_bundle(["run", "--config_file", inference, "--meta_file", meta, "--dataset_dir", str(tiny_siim / "dicom-images-test"),
+                "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), "--roi_size", "[64,64]"])  # fmt: skip
+    assert len((tmp_path / "out" / "submission.csv").read_text().splitlines()) == 3
+    run_bundle(["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
+                str(tmp_path / "models" / "model.pt"), "--ckpt_dir", str(tmp_path / "models"), "--meta_file", meta,
+                "--config_file", inference])  # fmt: skip
+    network = load_weights(network_for(tmp_path / "models" / "model.pt", {}), tmp_path / "models" / "model.pt").eval()
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), network(x), atol=1e-5, rtol=1e-5)
+    run_bundle(["verify_net_in_out", "network_def", "--meta_file", meta, "--config_file",
+                config_files(COMMON, "configs/inference.json", f"configs/networks/{family}.json")])  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_each_family_gives_a_complete_model_zoo_training_workflow(family, tiny_siim, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from tests.conftest import COMMON, TINY
+
+    workflow = ConfigWorkflow(
+        config_file=[str(REPO / COMMON), str(REPO / "configs" / "train.json"), TINY,
+                     str(REPO / "configs" / "networks" / f"{family}.json")],
+        meta_file=str(REPO / "configs" / "metadata.json"), workflow_type="train",
+        dataset_dir=str(tiny_siim), output_dir=str(tmp_path / "train"), ckpt_dir=str(tmp_path / "models"),
+    )  # fmt: skip
+    workflow.initialize()
+    assert workflow.check_properties() in (None, [])

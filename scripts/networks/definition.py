@@ -37,6 +37,8 @@ def build_network(config: Mapping) -> torch.nn.Module:
     """
     from monai.bundle import ConfigParser
 
+    import scripts.networks.encoders  # noqa: F401  (registers the FlexibleUNet backbones MONAI lacks)
+
     if not isinstance(config, Mapping) or not isinstance(config.get("target"), str):
         raise ValueError(f"a network definition is an object with a 'target' name, got {str(config)[:200]}")
     arguments = copy.deepcopy({key: value for key, value in config.items() if key != "target"})
