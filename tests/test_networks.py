@@ -146,3 +146,27 @@ def test_each_family_gives_a_complete_model_zoo_training_workflow(family, tiny_s
     )  # fmt: skip
     workflow.initialize()
     assert workflow.check_properties() in (None, [])
+
+
+def test_encoder_weights_from_a_local_file_start_the_encoder_rgb_summed_for_grey_and_are_not_recorded(tmp_path):
+    """Offline pretrained encoders: a torchvision-style ResNet34 state dict (3-channel stem, a classifier)."""
+    from scripts.networks.definition import recorded_definition
+    from scripts.networks.encoders import ImageNetResNetEncoder
+
+    torch.manual_seed(0)
+    saved = ImageNetResNetEncoder("resnet34-imagenet", in_channels=3).state_dict()
+    saved |= {"fc.weight": torch.rand(1000, 512), "fc.bias": torch.rand(1000)}  # torchvision's classifier
+    torch.save(saved, tmp_path / "resnet34.pth")
+    config = {"target": "FlexibleUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+              "backbone": "resnet34-imagenet", "pretrained": False, "encoder_weights": str(tmp_path / "resnet34.pth")}
+    encoder = build_network(config).encoder.state_dict()
+    torch.testing.assert_close(encoder["conv1.weight"], saved["conv1.weight"].sum(dim=1, keepdim=True))
+    for key in ("layer3.5.conv2.weight", "layer2.0.downsample.0.weight", "bn1.running_mean"):
+        torch.testing.assert_close(encoder[key], saved[key])
+    assert "encoder_weights" not in recorded_definition(config) and recorded_definition(config)["backbone"] == "resnet34-imagenet"
+    del saved["layer4.2.conv2.weight"]
+    torch.save(saved, tmp_path / "partial.pth")
+    with pytest.raises(ValueError, match=r"partial.pth: no layer4.2.conv2.weight, which the ImageNetResNetEncoder needs"):
+        build_network({**config, "encoder_weights": str(tmp_path / "partial.pth")})
+    with pytest.raises(ValueError, match="has no encoder to load them into"):
+        build_network({**TINY_ATTENTION, "encoder_weights": str(tmp_path / "resnet34.pth")})

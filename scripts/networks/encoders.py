@@ -23,9 +23,14 @@ class ImageNetResNetEncoder(ResNet, BaseEncoder):
 
     def __init__(self, model_name: str, pretrained: bool = False, spatial_dims: int = 2, in_channels: int = 1):
         if model_name not in self._layers:
-            raise ValueError(f"ImageNetResNetEncoder: unknown model {model_name!r}; expected one of {self.backbone_names}")
+            raise ValueError(
+                f"ImageNetResNetEncoder: unknown model {model_name!r}; expected one of {self.backbone_names}"
+            )
         if pretrained:
-            raise ValueError(f"{model_name}: ImageNet weights are not downloaded here; train from scratch")
+            raise ValueError(
+                f"{model_name}: pretrained weights are not downloaded for this encoder; give a saved torchvision "
+                "state dict as encoder_weights (network_config#encoder_weights)"
+            )
         super().__init__(
             block="basic",
             layers=self._layers[model_name],
@@ -43,7 +48,10 @@ class ImageNetResNetEncoder(ResNet, BaseEncoder):
 
     @classmethod
     def get_encoder_parameters(cls) -> list[dict]:
-        return [{"model_name": name, "pretrained": False, "spatial_dims": 2, "in_channels": 1} for name in cls.backbone_names]
+        return [
+            {"model_name": name, "pretrained": False, "spatial_dims": 2, "in_channels": 1}
+            for name in cls.backbone_names
+        ]
 
     @classmethod
     def num_channels_per_output(cls) -> list[tuple[int, ...]]:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.networks.definition import RECORD_KEY, record_path, saved_network_config
+from scripts.networks.definition import RECORD_KEY, record_path, recorded_definition, saved_network_config
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
@@ -68,7 +68,7 @@ class BestModelSaver:
         network_config: Mapping | None = None,
     ):
         self.network, self.path, self.metric_name = network, Path(path), metric_name
-        self.network_config = dict(network_config) if network_config is not None else None
+        self.network_config = recorded_definition(network_config) if network_config is not None else None
         self.record_path = record_path(self.path)
         self.best = -float("inf")
         if resume and self.record_path.is_file():
