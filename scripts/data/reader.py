@@ -163,36 +163,34 @@ def file_problem(path: str | os.PathLike, max_bytes: int) -> str | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(132)
+            if head[128:132] == b"DICM":
+                return _inflated_size_problem(handle, max_bytes)
     except OSError as error:
         return f"cannot be read: {error.strerror}"
-    if head[128:132] != b"DICM":
-        for magic, what in _MAGIC:
-            if head.startswith(magic):
-                return f"{what}, not DICOM"
-        return None
-    return _inflated_size_problem(path, max_bytes)
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return f"{what}, not DICOM"
+    return None
 
 
-def _inflated_size_problem(path: Path, max_bytes: int) -> str | None:
+def _inflated_size_problem(handle, max_bytes: int) -> str | None:
     """A Deflated Explicit VR Little Endian file (a legal transfer syntax) whose dataset inflates to more than
     ``max_bytes``: pydicom would inflate all of it in memory before any other check runs. Counted by inflating in
-    bounded steps, keeping nothing."""
-    from pydicom.filereader import _read_file_meta_info, read_preamble
+    bounded steps, keeping nothing; ``handle`` is the open file, just past its ``DICM`` marker."""
+    from pydicom.filereader import _read_file_meta_info
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     try:
-        with open(path, "rb") as handle:
-            read_preamble(handle, False)
-            meta = _read_file_meta_info(handle)
-            if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-                return None
-            inflate, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
-            while chunk := handle.read(1 << 20):
-                while chunk and inflated <= max_bytes:
-                    inflated += len(inflate.decompress(chunk, 1 << 24))
-                    chunk = inflate.unconsumed_tail
-                if inflated > max_bytes:
-                    return f"its deflated data inflates to more than {max_bytes} bytes (a deflate bomb?)"
+        meta = _read_file_meta_info(handle)
+        if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+            return None
+        inflate, inflated = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        while chunk := handle.read(1 << 20):
+            while chunk and inflated <= max_bytes:
+                inflated += len(inflate.decompress(chunk, 1 << 24))
+                chunk = inflate.unconsumed_tail
+            if inflated > max_bytes:
+                return f"its deflated data inflates to more than {max_bytes} bytes (a deflate bomb?)"
     except Exception:  # not this check's business: the reader says what is wrong with the file
         return None
     return None
@@ -213,9 +211,9 @@ def header_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
         if samples != 1:
             photometric = getattr(ds, "PhotometricInterpretation", "?")
             return f"{samples} samples per pixel ({photometric}); a greyscale radiograph is needed"
-        frames = _integer(ds, "NumberOfFrames", 1) or 1
-        if frames != 1:
-            return f"{frames} frames; a single-frame radiograph is needed"
+        size = declared_size(ds)
+        if size["frames"] != 1:
+            return f"{size['frames']} frames; a single-frame radiograph is needed"
         if "PixelData" not in ds:
             return "no pixel data" + (" (float pixel data, not a radiograph's)" if _has_float_pixels(ds) else "")
         if not str(ds.get("PhotometricInterpretation", "") or "").strip():
@@ -225,7 +223,7 @@ def header_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
             return f"BitsAllocated {bits}: a radiograph has 8, 16 or 32"
         if getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None) is None:
             return "no TransferSyntaxUID in its file meta information: its pixel data cannot be interpreted"
-        return size_problem(ds, max_pixels) or _native_length_problem(ds)
+        return _size_problem(size, max_pixels) or _native_length_problem(ds, size)
     except ValueError as error:
         return str(error)
 
@@ -244,15 +242,15 @@ def _has_float_pixels(ds: pydicom.Dataset) -> bool:
     return "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
 
 
-def _native_length_problem(ds: pydicom.Dataset) -> str | None:
-    """Native (uncompressed) pixel data that is not one frame long, read from the element's length."""
+def _native_length_problem(ds: pydicom.Dataset, size: dict) -> str | None:
+    """Native (uncompressed) pixel data that is not one frame long (``size``: :func:`declared_size`), read from
+    the element's length."""
     if ds.file_meta.TransferSyntaxUID.is_compressed:
         return None
     element = ds.get_item(0x7FE00010)  # the raw element: its length, without reading the pixels
     length = getattr(element, "length", None)
     if length is None or length == 0xFFFFFFFF:
         length = len(element.value or b"")
-    size = declared_size(ds)
     rows, columns = size["rows"], size["columns"]
     expected = rows * columns * size["bytes_per_sample"]
     if length < expected:
@@ -284,7 +282,10 @@ def declared_size(ds: pydicom.Dataset) -> dict[str, int | tuple[int, int] | None
 def size_problem(ds: pydicom.Dataset, max_pixels: int) -> str | None:
     """Why decoding ``ds`` would be unsafe (a declared size over ``max_pixels``, or a compressed frame whose own
     size is not the header's), or None."""
-    size = declared_size(ds)
+    return _size_problem(declared_size(ds), max_pixels)
+
+
+def _size_problem(size: dict, max_pixels: int) -> str | None:
     rows, columns, frames = size["rows"], size["columns"], size["frames"]
     if rows <= 0 or columns <= 0:
         return f"declares {rows} x {columns} pixels"

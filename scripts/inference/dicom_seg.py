@@ -200,7 +200,7 @@ _ESCAPE = 0x1B
 
 
 def _stored_text(dataset: pydicom.Dataset) -> dict:
-    """The dataset's top-level public text attributes as stored in the file: ``{tag: bytes}``."""
+    """The dataset's top-level public text attributes as stored in the file: ``{tag: (vr, bytes)}``."""
     from pydicom.datadict import dictionary_VR
 
     stored = {}

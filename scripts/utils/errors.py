@@ -9,9 +9,15 @@ __all__ = ["bundle_cause", "error_reason", "innermost", "short_tracebacks"]
 
 def innermost(error: BaseException) -> BaseException:
     """The last error of ``error``'s ``__cause__`` chain (MONAI wraps transform errors in RuntimeErrors)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
+    return _cause_chain(error)[-1]
+
+
+def _cause_chain(error: BaseException) -> list[BaseException]:
+    """``error`` and its ``__cause__`` chain, outermost first."""
+    chain = [error]
+    while chain[-1].__cause__ is not None:
+        chain.append(chain[-1].__cause__)
+    return chain
 
 
 def error_reason(error: BaseException, path: str | os.PathLike | None = None) -> str:
@@ -55,9 +61,7 @@ def bundle_cause(error: BaseException) -> BaseException:
     """The innermost error of ``error``'s ``__cause__`` chain that this bundle's own code raised (it names the file
     and the problem; MONAI wraps it in RuntimeErrors, and it wraps a library's error), else the innermost."""
     own = os.sep + "scripts" + os.sep
-    chain = [error]
-    while chain[-1].__cause__ is not None:
-        chain.append(chain[-1].__cause__)
+    chain = _cause_chain(error)
     for candidate in reversed(chain):
         frames = []
         traceback = candidate.__traceback__
