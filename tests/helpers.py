@@ -61,3 +61,15 @@ def image_loading(compact: bool = True) -> list:
     if type(steps[-1]).__name__ != "ImageToUint8d":
         raise AssertionError(f"configs/common.json: image_loading should end with ImageToUint8d, not {steps[-1]}")
     return steps if compact else steps[:-1]
+
+
+class KeepsArguments(torch.nn.Module):
+    """A network that keeps the arguments it was built with (``self.arguments``), to see what a definition passes."""
+
+    def __init__(self, **arguments: object) -> None:
+        super().__init__()
+        self.arguments = arguments
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x

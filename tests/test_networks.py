@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scripts.inference.ensemble import AveragedProbabilities
-from scripts.networks.definition import build_network, network_for, saved_network_config
+from scripts.networks.definition import build_network, definition_of, network_for, saved_network_config
 from scripts.training.checkpoints import load_weights
 from tests.conftest import REPO
 
@@ -68,10 +68,86 @@ def test_a_mixed_ensemble_averages_the_probabilities_of_its_different_networks(t
     with torch.no_grad():
         expected = sum(torch.sigmoid(network(x)) for _, network in members) / len(members)
         torch.testing.assert_close(torch.sigmoid(ensemble(x)), expected, atol=1e-5, rtol=1e-5)
+    weighted = AveragedProbabilities(build_network(TINY_ATTENTION), [path for path, _ in members], weights=[3, 1])
+    with torch.no_grad():
+        expected = 0.75 * torch.sigmoid(members[0][1](x)) + 0.25 * torch.sigmoid(members[1][1](x))
+        torch.testing.assert_close(torch.sigmoid(weighted(x)), expected, atol=1e-5, rtol=1e-5)
+    for bad in ([1.0], [1.0, -1.0], [0, 0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="one weight per checkpoint"):
+            AveragedProbabilities(build_network(TINY_ATTENTION), [path for path, _ in members], weights=bad)
+
+
+def test_a_definition_is_passed_as_plain_data_and_must_be_json():
+    """Strings reach the network as written (no ``$`` evaluation, no ``#`` or ``@`` parsing), ``_desc_`` is not an
+    argument, and a definition that could not be recorded in ``model.json`` is refused when it is built."""
+    definition = {"target": "tests.helpers.KeepsArguments", "_desc_": "a note", "name": "$1 + 1", "path": "a#b@c"}
+    network = build_network(definition)
+    assert network.arguments == {"name": "$1 + 1", "path": "a#b@c"}
+    assert definition_of(network) == definition and definition_of(torch.nn.Conv2d(1, 1, 1)) is None
+    with pytest.raises(ValueError, match="network tests.helpers.KeepsArguments: its definition is not plain JSON"):
+        build_network({**definition, "weights": torch.ones(1)})
+    with pytest.raises(ValueError, match="not plain JSON"):
+        build_network({**definition, "gain": float("nan")})
+
+
+def test_a_later_checkpoint_without_a_record_gets_network_config_not_the_first_checkpoints_network(tmp_path):
+    first, _ = _checkpoint(tmp_path, "unet", TINY_UNET, seed=0)
+    torch.manual_seed(1)
+    torch.save(build_network(TINY_ATTENTION).state_dict(), tmp_path / "old.pt")  # no record beside it
+    first_network = network_for(first, TINY_ATTENTION)
+    ensemble = AveragedProbabilities(first_network, [first, tmp_path / "old.pt"], network_config=TINY_ATTENTION)
+    assert [type(network).__name__ for network in ensemble.networks] == ["BasicUNet", "AttentionUnet"]
+    assert ensemble.networks[0] is first_network  # built once, for the first checkpoint
+    with pytest.raises(ValueError, match=r"old.pt: weights of another network than network_config"):
+        AveragedProbabilities(first_network, [first, tmp_path / "old.pt"], network_config=TINY_UNET)
+
+
+def test_training_refuses_a_network_not_built_from_network_config():
+    from scripts.training.checkpoints import BestModelSaver
+
+    with pytest.raises(ValueError, match=r"network_def: a Conv2d not built from network_config, so .*model.json"):
+        BestModelSaver(torch.nn.Conv2d(1, 1, 1), "models/model.pt", record_network=True)
+    saver = BestModelSaver(build_network(TINY_UNET), "models/model.pt", record_network=True)
+    assert saver.network_config == TINY_UNET
+
+
+def test_network_def_overrides_of_before_0_4_fail_with_what_to_write_instead(tiny_siim, tmp_path):
+    """``--network_def#channels`` (the arguments moved to network_config) and a ``network_def`` component of its own
+    (its checkpoint could not say which network it is): both stop before training, saying what to do."""
+    from tests.conftest import COMMON, TINY, config_files, run_bundle
+
+    common = ["run", "--meta_file", "configs/metadata.json", "--dataset_dir", str(tiny_siim),
+              "--output_dir", str(tmp_path / "train"), "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "1"]  # fmt: skip
+    result = run_bundle([*common, "--config_file", config_files(COMMON, "configs/train.json", TINY),
+                         "--network_def#channels", "[4,8,16]"], check=False)  # fmt: skip
+    assert result.returncode != 0
+    assert "network_def#channels: the network's arguments are in network_config" in result.stderr
+    assert "override --network_config#channels instead" in result.stderr
+    old_style = tmp_path / "old_network.json"
+    old_style.write_text(json.dumps({"network_def": {"_target_": "BasicUNet", **{k: v for k, v in TINY_UNET.items() if k != "target"}}}))
+    result = run_bundle([*common, "--config_file", config_files(COMMON, "configs/train.json", TINY, str(old_style))], check=False)
+    assert result.returncode != 0
+    assert "network_def: a BasicUNet not built from network_config" in result.stderr
+    assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_the_label_server_serves_and_fine_tunes_the_network_its_weights_record(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from scripts.serving.label_server import prepare_bundle
+
+    weights, _ = _checkpoint(tmp_path, "model", TINY_UNET, seed=0)
+    bundle = prepare_bundle(tmp_path / "bundle", weights, [])
+    for name in ("train.json", "inference.json"):
+        served = json.loads((bundle / "configs" / name).read_text())
+        assert served["network_config"] == TINY_UNET
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    load_weights(parser.get_parsed_content("network_def"), bundle / "models" / "model.pt")  # fits: fine-tunable
 
 
 # ------------------------------------------------------------------------------------------ the seeds' families
-FAMILIES = ["unet_resnet34", "unet_resnet50", "unet_efficientnet", "unetplusplus"]
+FAMILIES = ["unet_resnet34", "unet_resnet50", "unet_seresnext50", "unet_efficientnet", "unetplusplus", "attention_unet_resnet34"]
 
 
 def _family_network(family, *files):
@@ -170,3 +246,52 @@ def test_encoder_weights_from_a_local_file_start_the_encoder_rgb_summed_for_grey
         build_network({**config, "encoder_weights": str(tmp_path / "partial.pth")})
     with pytest.raises(ValueError, match="has no encoder to load them into"):
         build_network({**TINY_ATTENTION, "encoder_weights": str(tmp_path / "resnet34.pth")})
+
+
+def test_the_seresnext50_encoder_takes_imagenet_weights_in_cadenes_layout(tmp_path):
+    """``se_resnext50_32x4d-a260b3a4.pth`` (Cadene's ``pretrainedmodels``, which MONAI downloads for SEResNext50)
+    names its tensors per block ``convN``, ``bnN``, ``se_module.fc1`` (a 1 x 1 convolution) and ``downsample``;
+    a file in that layout starts the encoder of ``unet_seresnext50.json``, its stem summed for grey."""
+    from scripts.networks.encoders import SEResNeXt50Encoder
+
+    torch.manual_seed(0)
+    own = SEResNeXt50Encoder(in_channels=3).state_dict()
+    cadene = {}
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked"):
+            continue  # files saved before PyTorch 0.4.1 have none
+        key = key.replace(".conv.", ".").replace(".project.adn.N.", ".downsample.1.").replace(".project.", ".downsample.0.")
+        for n in "123":
+            key = key.replace(f"conv{n}.adn.N.", f"bn{n}.")
+        if ".se_layer.fc." in key:
+            key = key.replace("se_layer.fc.0.", "se_module.fc1.").replace("se_layer.fc.2.", "se_module.fc2.")
+            value = value.reshape(*value.shape, 1, 1) if value.ndim == 2 else value
+        cadene[key] = torch.rand_like(value.float()).to(value.dtype) if value.is_floating_point() else value
+    cadene |= {"last_linear.weight": torch.rand(1000, 2048), "last_linear.bias": torch.rand(1000)}
+    assert "layer1.0.bn1.weight" in cadene and cadene["layer1.0.se_module.fc1.weight"].shape == (16, 256, 1, 1)
+    torch.save(cadene, tmp_path / "se_resnext50_32x4d.pth")
+    config = json.loads((REPO_CONFIGS / "networks" / "unet_seresnext50.json").read_text())["network_config"]
+    encoder = build_network({**config, "encoder_weights": str(tmp_path / "se_resnext50_32x4d.pth")}).encoder.state_dict()
+    torch.testing.assert_close(encoder["layer0.conv1.weight"], cadene["layer0.conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(encoder["layer3.5.conv2.adn.N.running_var"], cadene["layer3.5.bn2.running_var"])
+    torch.testing.assert_close(encoder["layer4.0.project.conv.weight"], cadene["layer4.0.downsample.0.weight"])
+    torch.testing.assert_close(encoder["layer2.1.se_layer.fc.0.weight"], cadene["layer2.1.se_module.fc1.weight"][:, :, 0, 0])
+
+
+def test_pretrained_true_starts_the_resnet34_encoder_from_torchvisions_imagenet_file(tmp_path, monkeypatch):
+    """``pretrained: true`` reads torchvision's ``resnet34-b627a593.pth`` through ``torch.hub``: downloaded once into
+    ``$TORCH_HOME/hub/checkpoints``, where a copy also serves an offline machine (as here)."""
+    from scripts.networks.encoders import ImageNetResNetEncoder
+
+    torch.manual_seed(0)
+    saved = {key: torch.rand_like(value.float()) if value.is_floating_point() else value
+             for key, value in ImageNetResNetEncoder("resnet34-imagenet", in_channels=3).state_dict().items()}  # fmt: skip
+    saved |= {"fc.weight": torch.rand(1000, 512), "fc.bias": torch.rand(1000)}
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(saved, tmp_path / "hub" / "checkpoints" / "resnet34-b627a593.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    config = json.loads((REPO_CONFIGS / "networks" / "attention_unet_resnet34.json").read_text())["network_config"]
+    network = build_network({**config, "pretrained": True})
+    torch.testing.assert_close(network.encoder.state_dict()["conv1.weight"], saved["conv1.weight"].sum(dim=1, keepdim=True))
+    torch.testing.assert_close(network.encoder.state_dict()["layer4.2.bn2.weight"], saved["layer4.2.bn2.weight"])
+    assert definition_of(network)["pretrained"] is False  # the checkpoint's own weights replace ImageNet's

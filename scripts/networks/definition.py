@@ -12,18 +12,24 @@ members of an ensemble may be different networks.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
+import pydoc
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from scripts.utils.distributed import unwrap
+
 __all__ = [
     "ENCODER_WEIGHTS",
     "RECORD_KEY",
     "build_network",
+    "definition_of",
     "load_encoder_weights",
     "network_for",
     "record_path",
@@ -39,46 +45,110 @@ RECORD_KEY = "network"
 ENCODER_WEIGHTS = "encoder_weights"
 
 
-def build_network(config: Mapping) -> torch.nn.Module:
-    """The network ``config`` defines (``target`` found as MONAI's bundle configs find a ``_target_``).
+#: Keys of a definition that describe it and are not arguments of the network.
+_NOT_ARGUMENTS = ("target", "_desc_", ENCODER_WEIGHTS)
+#: Each network :func:`build_network` built -> the definition a checkpoint of it records.
+_DEFINITIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def build_network(config: Mapping, **unexpected) -> torch.nn.Module:
+    """The network ``config`` defines: ``target`` (a MONAI network's name, as bundle configs name a ``_target_``,
+    or a dotted path) called with the other keys as they are (no ``$`` / ``@`` / ``#`` parsing of the values).
 
     ``encoder_weights`` (a path) is not an argument of the network: after building, that state dict is loaded into
     the network's ``encoder`` (``FlexibleUNet``'s), which is how pretrained encoders reach offline machines
-    (:func:`load_encoder_weights`).
+    (:func:`load_encoder_weights`). The network remembers its definition (:func:`definition_of`), which training
+    records beside its weights.
 
     Raises:
-        ValueError: ``config`` is not a definition (no ``target``), or the target cannot be built with these
-            arguments (the message says which).
+        ValueError: ``config`` is not a definition (no ``target``), is not plain JSON data, or the target cannot be
+            built with these arguments (the message says which); ``unexpected`` arguments, which are what an
+            older ``--network_def#<argument>`` override becomes.
     """
-    from monai.bundle import ConfigParser
-
     import scripts.networks.encoders  # noqa: F401  (registers the FlexibleUNet backbones MONAI lacks)
 
+    _refuse_network_def_overrides(unexpected)
     if not isinstance(config, Mapping) or not isinstance(config.get("target"), str):
         raise ValueError(f"a network definition is an object with a 'target' name, got {str(config)[:200]}")
-    arguments = copy.deepcopy({key: value for key, value in config.items() if key not in ("target", ENCODER_WEIGHTS)})
-    parser = ConfigParser({"network": {"_target_": config["target"], **arguments}})
+    recorded = recorded_definition(config)
     try:
-        network = parser.get_parsed_content("network")
+        json.dumps(recorded, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"network {config['target']}: its definition is not plain JSON data ({error})") from None
+    arguments = copy.deepcopy({key: value for key, value in config.items() if key not in _NOT_ARGUMENTS})
+    target = _locate(config["target"])
+    try:
+        network = target(**arguments)
     except Exception as error:
-        cause = error.__cause__ or error
-        raise ValueError(f"network {config['target']} cannot be built from its definition: {cause}") from error
+        raise ValueError(
+            f"network {config['target']} cannot be built from its definition: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(network, torch.nn.Module):
+        raise ValueError(f"network {config['target']}: its target gave a {type(network).__name__}, not a network")
     if config.get(ENCODER_WEIGHTS):
         load_encoder_weights(network, config[ENCODER_WEIGHTS])
+    _DEFINITIONS[network] = recorded
     return network
 
 
+def definition_of(network: torch.nn.Module) -> dict | None:
+    """The definition ``network`` (or the module inside its DDP / compile wrappers) was built from by
+    :func:`build_network`, as a checkpoint records it; None for a network built otherwise."""
+    recorded = _DEFINITIONS.get(unwrap(network))
+    return copy.deepcopy(recorded) if recorded is not None else None
+
+
+@functools.lru_cache(maxsize=None)
+def _locate(target: str):
+    """The class or function ``target`` names: a dotted path, or a name MONAI's component locator knows."""
+    path = target
+    if "." not in target:
+        modules = _component_locator().get_component_module_name(target)
+        module = modules[0] if isinstance(modules, list) else modules
+        path = f"{module}.{target}" if module else target
+    try:
+        found = pydoc.locate(path)
+    except pydoc.ErrorDuringImport as error:
+        raise ValueError(f"network {target} cannot be built from its definition: {error.value}") from None
+    if not callable(found):
+        raise ValueError(
+            f"network {target} cannot be built from its definition: no such network (a MONAI network's name, "
+            "e.g. AttentionUnet, or a dotted path such as scripts.networks.unetplusplus.UNetPlusPlus)"
+        )
+    return found
+
+
+@functools.lru_cache(maxsize=1)
+def _component_locator():
+    from monai.bundle.config_item import ComponentLocator
+
+    return ComponentLocator()
+
+
+def _refuse_network_def_overrides(unexpected: Mapping) -> None:
+    """The clear error for ``--network_def#<argument>`` (before 0.4.0 the network's arguments were there)."""
+    if unexpected:
+        names = ", ".join(sorted(unexpected))
+        raise ValueError(
+            f"network_def#{names}: the network's arguments are in network_config since version 0.4.0 (network_def "
+            f"is built from it); override --network_config#{sorted(unexpected)[0]} instead"
+        )
+
+
 def load_encoder_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
-    """Load a saved encoder state dict (``weights_only``; e.g. torchvision's ImageNet ``resnet34``) into
-    ``network.encoder``.
+    """Load a saved encoder state dict (``weights_only``; e.g. torchvision's ImageNet ``resnet34``, or Cadene's
+    ``se_resnext50_32x4d``) into ``network.encoder``.
 
     Keys the encoder lacks (a classifier's ``fc.*``) are left out. A first convolution saved for 3 input channels
-    (RGB) goes into a 1-channel encoder summed over its channels, the usual way grey images use colour weights.
+    (RGB) goes into a 1-channel encoder summed over its channels, the usual way grey images use colour weights
+    (``scripts.networks.encoders.fit_state_dict``).
 
     Raises:
         ValueError: the network has no ``encoder``, the file cannot be read, or it leaves encoder weights unset or
             of another shape (naming the first such key).
     """
+    from scripts.networks.encoders import fit_state_dict
+
     encoder = getattr(network, "encoder", None)
     if not isinstance(encoder, torch.nn.Module):
         raise ValueError(f"encoder_weights {path}: {type(network).__name__} has no encoder to load them into")
@@ -87,20 +157,10 @@ def load_encoder_weights(network: torch.nn.Module, path: str | os.PathLike) -> t
     except Exception as error:
         reason = f"{type(error).__name__}: {error}"
         raise ValueError(f"encoder_weights {path}: cannot be read as a state dict ({reason})") from None
-    expected = encoder.state_dict()
-    state = {}
-    for key, tensor in expected.items():
-        if key not in saved:
-            raise ValueError(f"encoder_weights {path}: no {key}, which the {type(encoder).__name__} needs")
-        value = saved[key]
-        rgb_for_grey = value.ndim == tensor.ndim > 2 and value.shape[1] == 3 and tensor.shape[1] == 1
-        if rgb_for_grey and value.shape[0] == tensor.shape[0]:
-            value = value.sum(dim=1, keepdim=True)  # RGB weights for a grey image
-        if tuple(value.shape) != tuple(tensor.shape):
-            raise ValueError(
-                f"encoder_weights {path}: {key} is {tuple(value.shape)}, the encoder's {tuple(tensor.shape)}"
-            )
-        state[key] = value
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"encoder_weights {path}: a {type(saved).__name__}, not a state dict")
+    own_layout = getattr(encoder, "own_layout", dict)
+    state = fit_state_dict(encoder, own_layout(saved), f"encoder_weights {path}")
     encoder.load_state_dict(state)
     logger.info("encoder weights loaded from %s (%d tensors)", path, len(state))
     return network
@@ -109,7 +169,7 @@ def load_encoder_weights(network: torch.nn.Module, path: str | os.PathLike) -> t
 def recorded_definition(config: Mapping) -> dict:
     """``config`` as a checkpoint records it: without what only initialises (``encoder_weights``, ``pretrained``),
     since the checkpoint's own weights replace those, and the file need not exist where the checkpoint is used."""
-    recorded = {key: value for key, value in config.items() if key != ENCODER_WEIGHTS}
+    recorded = {key: copy.deepcopy(value) for key, value in config.items() if key != ENCODER_WEIGHTS}
     if recorded.get("pretrained"):
         recorded["pretrained"] = False
     return recorded
@@ -137,15 +197,22 @@ def saved_network_config(checkpoint: str | os.PathLike) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
-def network_for(checkpoint: str | os.PathLike, default: Mapping | torch.nn.Module) -> torch.nn.Module:
+def network_for(checkpoint: str | os.PathLike, default: Mapping | torch.nn.Module, **unexpected) -> torch.nn.Module:
     """The network ``checkpoint``'s weights belong to: built from the definition recorded beside it, else from
-    ``default`` (a definition, or a network that is copied)."""
+    ``default`` (a definition, or a network that is copied). A record wins over ``default``, and the log says
+    so when they differ (a ``--network_config`` override at inference changes nothing then)."""
+    _refuse_network_def_overrides(unexpected)
     config = saved_network_config(checkpoint)
     if config is not None:
         logger.info(
             "network of %s: %s, as %s records", Path(checkpoint).name, config.get("target"), record_path(checkpoint)
         )
+        if isinstance(default, Mapping) and recorded_definition(default) != config:
+            logger.info("network_config differs from that record and is not used for %s", checkpoint)
         return build_network(config)
     if isinstance(default, torch.nn.Module):
-        return copy.deepcopy(default)
+        network = copy.deepcopy(default)
+        if definition_of(default) is not None:
+            _DEFINITIONS[network] = definition_of(default)
+        return network
     return build_network(default)

@@ -13,7 +13,8 @@ It prepares, under ``--workdir`` (default ``runs/label``), without copying or to
   pointing elsewhere dropped), as the single files MONAI Label reads, ``scripts`` linked to
   the repository's package, and ``models/model.pt`` (with its network's record ``model.json`` and
   ``thresholds.json``) copied once from ``--weights`` (training through MONAI Label then replaces it there, and
-  the next inference uses it).
+  the next inference uses it). Where the weights have a record, the served configs' ``network_config`` is the
+  network it defines, so MONAI Label fine-tunes the network the weights belong to.
 
 Then it replaces itself with ``monailabel start_server`` (from ``--venv``, default ``.venv-label``) on
 ``127.0.0.1``, offline, so Ctrl-C or SIGTERM stops the server cleanly.
@@ -32,6 +33,7 @@ from pathlib import Path
 import pydicom
 
 from scripts.inference.inputs import scan_dicom_inputs
+from scripts.networks.definition import record_path, saved_network_config
 from scripts.siim.image_id import dicom_image_id
 from scripts.utils.files import safe_name
 from scripts.utils.metadata import BUNDLE_ROOT
@@ -103,15 +105,6 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle)
-    configs = bundle / "configs"
-    configs.mkdir(parents=True, exist_ok=True)
-    for name in ("inference.json", "train.json"):
-        ConfigParser.export_config_file(_merged_config(name, overrides), str(configs / name), indent=4)
-    for name in ("metadata.json", "logging.conf"):
-        shutil.copyfile(REPO / "configs" / name, configs / name)
-    scripts_link = bundle / "scripts"
-    if not scripts_link.is_symlink():
-        scripts_link.symlink_to(REPO / "scripts", target_is_directory=True)
     model = bundle / "models" / "model.pt"
     if not model.is_file():
         if weights is None or not Path(weights).is_file():
@@ -122,9 +115,23 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
         shutil.copyfile(weights, model)
         # the thresholds evaluation chose, and the record of the network the weights belong to (model.json)
         for source, target in ((Path(weights).parent / "thresholds.json", model.parent / "thresholds.json"),
-                               (Path(weights).with_suffix(".json"), model.with_suffix(".json"))):  # fmt: skip
+                               (record_path(weights), record_path(model))):  # fmt: skip
             if source.is_file():
                 shutil.copyfile(source, target)
+    # the served configs define the network the weights belong to, so MONAI Label's training fine-tunes it
+    recorded = saved_network_config(model)
+    configs = bundle / "configs"
+    configs.mkdir(parents=True, exist_ok=True)
+    for name in ("inference.json", "train.json"):
+        config = _merged_config(name, overrides)
+        if recorded is not None:
+            config["network_config"] = recorded
+        ConfigParser.export_config_file(config, str(configs / name), indent=4)
+    for name in ("metadata.json", "logging.conf"):
+        shutil.copyfile(REPO / "configs" / name, configs / name)
+    scripts_link = bundle / "scripts"
+    if not scripts_link.is_symlink():
+        scripts_link.symlink_to(REPO / "scripts", target_is_directory=True)
     return bundle
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.networks.definition import RECORD_KEY, record_path, recorded_definition, saved_network_config
+from scripts.networks.definition import RECORD_KEY, definition_of, record_path, saved_network_config
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
@@ -53,9 +53,11 @@ class BestModelSaver:
         metric_name: a metric of the validator; default its key metric.
         resume: continue an earlier run: start from the best score recorded beside ``path`` instead of from none,
             so a resumed run never replaces a better model with a worse one.
-        network_config: the network's definition (``network_config``), written into the record beside ``path``
-            (``models/model.json``) so that whatever loads the weights builds the network they belong to
-            (``scripts.networks.definition``).
+        record_network: write the definition the network was built from (``network_config``, through
+            ``scripts.networks.definition.build_network``) into the record beside ``path`` (``models/model.json``),
+            so that whatever loads the weights builds the network they belong to; a network built otherwise (an
+            older ``network_def`` component override) is refused here, before training, since nothing could say
+            which network its weights belong to.
     """
 
     @switches(resume="resume")
@@ -65,10 +67,17 @@ class BestModelSaver:
         path: str | os.PathLike,
         metric_name: str | None = None,
         resume: bool = False,
-        network_config: Mapping | None = None,
+        record_network: bool = False,
     ):
         self.network, self.path, self.metric_name = network, Path(path), metric_name
-        self.network_config = recorded_definition(network_config) if network_config is not None else None
+        self.network_config = definition_of(network)
+        if record_network and self.network_config is None:
+            raise ValueError(
+                f"network_def: a {type(unwrap(network)).__name__} not built from network_config, so {record_path(path)} "
+                "could not say which network the weights belong to; since version 0.4.0 a network is defined as "
+                'network_config ({"target": <MONAI name or dotted path>, <arguments>}; configs/networks/ has examples) '
+                "and network_def is built from it"
+            )
         self.record_path = record_path(self.path)
         self.best = -float("inf")
         if resume and self.record_path.is_file():

@@ -1,0 +1,86 @@
+"""An Attention U-Net on a pretrained-style encoder: attention gates on the skip connections of a U-Net whose
+encoder is a ``FlexibleUNet`` backbone (by default the ResNet34 in torchvision's layout), as one of the SIIM-ACR
+projects built it.
+
+Each decoder stage upsamples the deeper features to the size of the skip (any input size works, no multiple of 32
+needed), lets an attention gate (MONAI's ``AttentionBlock``, gated by those upsampled features) weight the skip
+connection, and fuses both with two 3 x 3 convolutions; the last stage is brought to the input's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.blocks import Convolution
+from monai.networks.nets import FLEXUNET_BACKBONE
+from monai.networks.nets.attentionunet import AttentionBlock
+from torch.nn import functional
+
+__all__ = ["AttentionEncoderUNet"]
+
+
+class _GatedStage(torch.nn.Module):
+    """Upsample to the skip's size, gate the skip by the upsampled features, fuse both."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, skip_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.reduce = Convolution(spatial_dims, in_channels, out_channels, kernel_size=1, norm="batch", act="relu")
+        self.gate = AttentionBlock(spatial_dims, f_int=max(skip_channels // 2, 1), f_g=out_channels, f_l=skip_channels)
+        self.fuse = torch.nn.Sequential(
+            Convolution(spatial_dims, out_channels + skip_channels, out_channels, kernel_size=3, norm="batch", act="relu"),
+            Convolution(spatial_dims, out_channels, out_channels, kernel_size=3, norm="batch", act="relu"),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        up = self.reduce(functional.interpolate(x, size=skip.shape[2:], mode="nearest"))
+        return self.fuse(torch.cat([up, self.gate(up, skip)], dim=1))
+
+
+class AttentionEncoderUNet(torch.nn.Module):
+    """Attention-gated U-Net decoder on a ``FlexibleUNet`` backbone (``encoder``, five feature maps).
+
+    Args:
+        spatial_dims, in_channels, out_channels: as MONAI's networks take them.
+        backbone: a ``FlexibleUNet`` backbone name (``resnet34-imagenet``, ``seresnext50``, ``efficientnet-b0``...).
+        pretrained: start the encoder from ImageNet weights (downloaded; ``encoder_weights`` loads a saved file).
+        decoder_channels: the widths of the four gated stages and of the full-resolution stage.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        backbone: str = "resnet34-imagenet",
+        pretrained: bool = False,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        import scripts.networks.encoders  # noqa: F401  (registers the backbones MONAI lacks)
+
+        if backbone not in FLEXUNET_BACKBONE.register_dict:
+            raise ValueError(f"AttentionEncoderUNet: unknown backbone {backbone!r}; one of {sorted(FLEXUNET_BACKBONE.register_dict)}")
+        encoder = FLEXUNET_BACKBONE.register_dict[backbone]
+        if encoder["feature_number"] != 5 or len(decoder_channels) != 5:
+            raise ValueError("AttentionEncoderUNet: needs a backbone of five feature maps and five decoder channels")
+        parameters = {**encoder["parameter"], "spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": pretrained}
+        self.encoder = encoder["type"](**parameters)
+        skips = list(encoder["feature_channel"])  # strides 2, 4, 8, 16, 32
+        widths = [skips[-1], *decoder_channels]
+        self.stages = torch.nn.ModuleList(
+            _GatedStage(spatial_dims, widths[index], skips[-2 - index], widths[index + 1]) for index in range(4)
+        )
+        self.full_resolution = torch.nn.Sequential(
+            Convolution(spatial_dims, widths[4], widths[5], kernel_size=3, norm="batch", act="relu"),
+            Convolution(spatial_dims, widths[5], widths[5], kernel_size=3, norm="batch", act="relu"),
+        )
+        self.head = Convolution(spatial_dims, widths[5], out_channels, kernel_size=1, conv_only=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)
+        y = features[4]
+        for index, stage in enumerate(self.stages):
+            y = stage(y, features[3 - index])
+        y = functional.interpolate(y, size=x.shape[2:], mode="nearest")
+        return self.head(self.full_resolution(y))
