@@ -33,9 +33,10 @@ def test_training_validation_and_inference_load_images_with_the_same_steps():
     train = read(COMMON, "configs/train.json")
     infer = read(COMMON, "configs/inference.json")
     steps = [type(t).__name__ for t in train.get_parsed_content("train#deterministic_transforms")]
-    assert steps == ["LoadRadiographd", "EnsureChannelFirstd", "NormalizeRadiographd", "ImageToUint8d", "LabelToMaskd", "PackMaskd"]
+    assert steps == ["LoadRadiographd", "EnsureChannelFirstd", "NormalizeRadiographd", "ImageToUint8d", "LabelToMaskd",
+                     "ResizeWholed", "PackMaskd"]  # fmt: skip
     validation = [type(t).__name__ for t in train.get_parsed_content("validate#preprocessing").transforms]
-    assert validation == steps
+    assert validation == [step for step in steps if step != "ResizeWholed"]  # the inferer resizes, scores at full size
     inference = [type(t).__name__ for t in infer.get_parsed_content("preprocessing").transforms]
     assert inference == ["SelectRadiographd", *steps[:4], "Uint8ToFloatd"]
 

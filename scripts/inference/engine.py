@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -111,7 +112,12 @@ class FolderEvaluator(SupervisedEvaluator):
         PyTorch's SIGCHLD handler, which would otherwise raise the same death again at any later moment."""
         iterator = getattr(self, "_loader_iterator", None)
         workers = list(getattr(iterator, "_workers", []))
-        dead = [(worker.pid, worker.exitcode) for worker in workers if worker.exitcode is not None]
+        deadline = time.monotonic() + 2.0  # a reset connection can arrive before the dead worker is reaped
+        while True:
+            dead = [(worker.pid, worker.exitcode) for worker in workers if worker.exitcode is not None]
+            if dead or not workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:
             shutdown()

@@ -30,6 +30,7 @@ __all__ = [
     "RECORD_KEY",
     "build_network",
     "definition_of",
+    "image_size_for",
     "load_encoder_weights",
     "network_for",
     "record_path",
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: The key of the network definition in a checkpoint's record (``model.json``).
 RECORD_KEY = "network"
+#: The key of the whole-image size a checkpoint was trained at (null: full-resolution crops) in its record.
+IMAGE_SIZE_KEY = "image_size"
 #: The definition key naming a saved encoder state dict to start from.
 ENCODER_WEIGHTS = "encoder_weights"
 
@@ -186,15 +189,40 @@ def saved_network_config(checkpoint: str | os.PathLike) -> dict | None:
     Raises:
         ValueError: the record exists but is not readable JSON (naming it).
     """
+    config = saved_record(checkpoint).get(RECORD_KEY)
+    return config if isinstance(config, dict) else None
+
+
+def saved_record(checkpoint: str | os.PathLike) -> dict:
+    """The record beside ``checkpoint`` (``model.json``), or an empty one.
+
+    Raises:
+        ValueError: the record exists but is not readable JSON (naming it).
+    """
     path = record_path(checkpoint)
     if not path.is_file():
-        return None
+        return {}
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: the record of {Path(checkpoint).name} is not readable JSON ({error})") from None
-    config = record.get(RECORD_KEY) if isinstance(record, dict) else None
-    return config if isinstance(config, dict) else None
+    return record if isinstance(record, dict) else {}
+
+
+def image_size_for(checkpoints) -> list[int] | None:
+    """The whole-image size the checkpoints were trained at (their records' ``image_size``; null for full-resolution
+    crops, as for a checkpoint without a record).
+
+    Raises:
+        ValueError: the checkpoints were trained at different sizes (an ensemble runs at one), naming them.
+    """
+    if isinstance(checkpoints, (str, os.PathLike)):
+        checkpoints = [checkpoints]
+    sizes = {str(path): saved_record(path).get(IMAGE_SIZE_KEY) for path in checkpoints}
+    if len({json.dumps(size) for size in sizes.values()}) > 1:
+        listed = ", ".join(f"{path}: {size if size is not None else 'full resolution'}" for path, size in sizes.items())
+        raise ValueError(f"the checkpoints were trained at different image sizes ({listed}); an ensemble runs at one")
+    return next(iter(sizes.values()), None)
 
 
 def network_for(checkpoint: str | os.PathLike, default: Mapping | torch.nn.Module, **unexpected) -> torch.nn.Module:

@@ -14,7 +14,8 @@ It prepares, under ``--workdir`` (default ``runs/label``), without copying or to
   the repository's package, and ``models/model.pt`` (with its network's record ``model.json`` and
   ``thresholds.json``) copied once from ``--weights`` (training through MONAI Label then replaces it there, and
   the next inference uses it). Where the weights have a record, the served configs' ``network_config`` is the
-  network it defines, so MONAI Label fine-tunes the network the weights belong to.
+  network it defines (and ``image_size`` the size it was trained at), so MONAI Label fine-tunes the network the
+  weights belong to as they were trained.
 
 Then it replaces itself with ``monailabel start_server`` (from ``--venv``, default ``.venv-label``) on
 ``127.0.0.1``, offline, so Ctrl-C or SIGTERM stops the server cleanly.
@@ -33,7 +34,7 @@ from pathlib import Path
 import pydicom
 
 from scripts.inference.inputs import scan_dicom_inputs
-from scripts.networks.definition import record_path, saved_network_config
+from scripts.networks.definition import IMAGE_SIZE_KEY, record_path, saved_network_config, saved_record
 from scripts.siim.image_id import dicom_image_id
 from scripts.utils.files import safe_name
 from scripts.utils.metadata import BUNDLE_ROOT
@@ -126,6 +127,8 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
         config = _merged_config(name, overrides)
         if recorded is not None:
             config["network_config"] = recorded
+        if name == "train.json" and saved_record(model).get(IMAGE_SIZE_KEY) is not None:
+            config["image_size"] = saved_record(model)[IMAGE_SIZE_KEY]  # fine-tuning at the size it was trained at
         ConfigParser.export_config_file(config, str(configs / name), indent=4)
     for name in ("metadata.json", "logging.conf"):
         shutil.copyfile(REPO / "configs" / name, configs / name)

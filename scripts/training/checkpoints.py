@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from scripts.networks.definition import RECORD_KEY, definition_of, record_path, saved_network_config
+from scripts.data.resize import image_size_pair
+from scripts.networks.definition import IMAGE_SIZE_KEY, RECORD_KEY, definition_of, record_path, saved_network_config
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
@@ -36,7 +37,7 @@ from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights"]
+__all__ = ["BestModelSaver", "InitialWeights", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -58,6 +59,8 @@ class BestModelSaver:
             so that whatever loads the weights builds the network they belong to; a network built otherwise (an
             older ``network_def`` component override) is refused here, before training, since nothing could say
             which network its weights belong to.
+        image_size: the whole-image size the network trains at (null: full-resolution crops), recorded too, so
+            evaluation, inference and MONAI Label resize as training did.
     """
 
     @switches(resume="resume")
@@ -68,9 +71,11 @@ class BestModelSaver:
         metric_name: str | None = None,
         resume: bool = False,
         record_network: bool = False,
+        image_size=None,
     ):
         self.network, self.path, self.metric_name = network, Path(path), metric_name
         self.network_config = definition_of(network)
+        self.image_size = image_size_pair(image_size)
         if record_network and self.network_config is None:
             raise ValueError(
                 f"network_def: a {type(unwrap(network)).__name__} not built from network_config, so {record_path(path)} "
@@ -99,6 +104,7 @@ class BestModelSaver:
         state = {key: value.detach().cpu() for key, value in unwrap(self.network).state_dict().items()}
         _atomic_torch_save(state, self.path)
         record = {"metric": name, "score": score, "epoch": engine.state.epoch}
+        record[IMAGE_SIZE_KEY] = list(self.image_size) if self.image_size is not None else None
         if self.network_config is not None:
             record[RECORD_KEY] = self.network_config
         with atomic_open(self.record_path, "w", encoding="utf-8") as handle:
@@ -269,3 +275,24 @@ class LoadBestModel:
 
 def _as_tuples(value):
     return tuple(_as_tuples(item) for item in value) if isinstance(value, (list, tuple)) else value
+
+
+class InitialWeights:
+    """Start training from the weights at ``path`` (a ``models/model.pt`` of the same network), loaded when the
+    trainer starts, e.g. the second step of progressive training: 512 x 512 first, then fine-tuning at full
+    resolution. Nothing happens with ``path`` null, or when resuming (the resumed state has its own weights).
+    A file of another network fails before the first iteration (:func:`load_weights`' error)."""
+
+    @switches(resume="resume")
+    def __init__(self, network: torch.nn.Module, path: str | os.PathLike | None, resume: bool = False) -> None:
+        self.network, self.path, self.resume = network, Path(path) if path else None, resume
+        if self.path is not None and not self.path.is_file():
+            raise FileNotFoundError(f"init_weights {self.path}: no such file")
+
+    def attach(self, engine: Engine) -> None:
+        if self.path is not None and not self.resume:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        load_weights(unwrap(self.network), self.path, "cpu")
+        logger.info("training starts from the weights of %s", self.path)
