@@ -33,6 +33,8 @@ class AveragedProbabilities(torch.nn.Module):
             into the network its record (``model.json`` beside it, ``scripts.networks.definition``) defines, so the
             members may be different architectures.
         network_config: the network of a later checkpoint that has no record; default a copy of ``network_def``.
+        load_now: load the weights when built (inference); False leaves that to :meth:`load_checkpoints`, called
+            when the evaluation starts (``LoadBestModel``), so a config can be checked before the weights exist.
         weights: one weight per checkpoint (e.g. from each fold's validation score); default equal. They are
             normalised to sum 1; each member's flipped pass has its member's weight.
         flip_tta: also run every network on the left-right flipped input and flip the result back.
@@ -53,6 +55,7 @@ class AveragedProbabilities(torch.nn.Module):
         eps: float = 1e-6,
         network_config: Mapping | None = None,
         weights: Sequence[float] | None = None,
+        load_now: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(checkpoints, (str, os.PathLike)):
@@ -60,13 +63,21 @@ class AveragedProbabilities(torch.nn.Module):
         if not checkpoints:
             raise ValueError("AveragedProbabilities needs at least one checkpoint")
         self.networks = torch.nn.ModuleList()
+        self.checkpoints, self.device = [str(path) for path in checkpoints], device
         for index, path in enumerate(checkpoints):
-            network = load_weights(_member_network(index, path, network_def, network_config), path, device)
+            network = _member_network(index, path, network_def, network_config)
             self.networks.append(network.to(device, memory_format=memory_format).eval())
+        if load_now:
+            self.load_checkpoints()
         self.flip_tta = flip_tta
         self.eps = eps
         self.weights = _normalised(weights, len(self.networks))
         logger.info("inference with %d checkpoint(s), flip TTA %s", len(self.networks), "on" if flip_tta else "off")
+
+    def load_checkpoints(self) -> None:
+        """Load each checkpoint into its network (``load_weights``: ``weights_only``, errors naming the file)."""
+        for network, path in zip(self.networks, self.checkpoints):
+            load_weights(network, path, self.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.networks) == 1 and not self.flip_tta:

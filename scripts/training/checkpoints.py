@@ -264,13 +264,21 @@ def _first_mismatch(expected: Mapping[str, torch.Tensor], state: Mapping[str, ob
 
 class LoadBestModel:
     """Load ``path`` (``models/model.pt``) into ``network`` when the engine starts (evaluation), with
-    :func:`load_weights`' errors: a missing file, a truncated one, or weights of another network, each named."""
+    :func:`load_weights`' errors: a missing file, a truncated one, or weights of another network, each named. An
+    ensemble (``AveragedProbabilities``) loads its own checkpoints then instead."""
 
     def __init__(self, network: torch.nn.Module, path: str | os.PathLike) -> None:
         self.network, self.path = network, Path(path)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, lambda _: load_weights(unwrap(self.network), self.path, "cpu"))
+        engine.add_event_handler(Events.STARTED, self.load)
+
+    def load(self, _engine: Engine | None = None) -> None:
+        network = unwrap(self.network)
+        if hasattr(network, "load_checkpoints"):  # an ensemble (scripts.inference.ensemble) loads its own members
+            network.load_checkpoints()
+        else:
+            load_weights(network, self.path, "cpu")
 
 
 def _as_tuples(value):
