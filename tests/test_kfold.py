@@ -16,38 +16,60 @@ def _kfold(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)  # fmt: skip
 
 
-def test_the_kfold_command_refuses_what_it_sets_itself():
-    result = _kfold("--folds", "3", "--config_file", config_files(COMMON, "configs/train.json"), "--fold", "1")
-    assert result.returncode == 2 and "--fold: set by the K-fold command for each fold" in result.stderr
-    result = _kfold("--folds", "1", "--config_file", config_files(COMMON, "configs/train.json"))
+def test_the_kfold_command_refuses_what_it_sets_itself_and_datalists_without_k_folds(tmp_path):
+    train = config_files(COMMON, "configs/train.json")
+    for option in ("--fold", "--n-folds=2", "--ckpt-dir"):
+        result = _kfold("--folds", "3", "--config_file", train, option, "1")
+        assert result.returncode == 2 and f"{option}" in result.stderr and "set by the K-fold command" in result.stderr
+    result = _kfold("--folds", "1", "--config_file", train)
     assert result.returncode == 2 and "K-fold needs at least 2 folds" in result.stderr
+    fixed = tmp_path / "fixed.json"
+    fixed.write_text(json.dumps({"training": [{"image": "a.dcm", "label": "-1"}], "validation": [{"image": "b.dcm", "label": "-1"}]}))
+    result = _kfold("--folds", "3", "--config_file", train, "--datalist_file", str(fixed))
+    assert result.returncode == 2 and "has one fixed validation list, no folds to cross-validate" in result.stderr
+    folded = tmp_path / "folded.json"
+    folded.write_text(json.dumps({"training": [{"image": f"{k}.dcm", "label": "-1", "fold": k % 5} for k in range(10)]}))
+    result = _kfold("--folds", "3", "--config_file", train, f"--datalist_file={folded}")
+    assert result.returncode == 2 and "has folds [0, 1, 2, 3, 4], not 0..2 (--folds 3)" in result.stderr
 
 
 @pytest.mark.slow
 def test_kfold_trains_each_fold_once_resumes_a_stopped_one_and_leaves_an_ensemble_for_inference(tiny_siim, tmp_path):
     models = tmp_path / "models"
     args = ["--folds", "2", "--config_file", config_files(COMMON, "configs/train.json", TINY), *META,
-            "--dataset_dir", str(tiny_siim), "--ckpt_dir", str(models), "--output_dir", str(tmp_path / "runs")]  # fmt: skip
-    first = _kfold(*args, "--max_epochs", "1", "--evaluate", "--weight_by_score")
+            "--dataset_dir", str(tiny_siim), "--ckpt_dir", str(models), "--max_epochs", "1"]  # fmt: skip
+    first = _kfold(*args)
     assert first.returncode == 0, first.stderr[-4000:]
     for fold in (0, 1):
         finished = json.loads((models / f"fold{fold}" / "fold.json").read_text())
-        assert finished["fold"] == fold and finished["n_folds"] == 2 and finished["epoch"] == 1
+        assert finished["fold"] == fold and finished["n_folds"] == 2 and finished["epoch"] == 1 and finished["trained"]
         assert (models / f"fold{fold}" / "model.pt").is_file() and (models / f"fold{fold}" / "model.json").is_file()
-        assert (models / f"fold{fold}" / "thresholds.json").is_file()  # --evaluate: each fold's own search
+        assert (models / "runs" / f"fold{fold}" / "checkpoint.pt").is_file()  # the training state, under ckpt_dir
+    assert not (models / "fold0" / "thresholds.json").exists()
+
+    (models / "fold1" / "fold.json").unlink()  # as if fold 1 had been killed before its training was recorded
+    again = _kfold(*args, "--evaluate", "--weight_by_score")  # the same settings, now also evaluated
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "fold 0/2: evaluating" in again.stderr and "fold 0/2: training" not in again.stderr
+    assert f"fold 1/2: resuming from {models / 'runs' / 'fold1' / 'checkpoint.pt'}" in again.stderr
+    for fold in (0, 1):
+        assert json.loads((models / f"fold{fold}" / "fold.json").read_text())["evaluated"] is True
+        assert (models / f"fold{fold}" / "thresholds.json").is_file()  # each fold's own search
     ensemble = json.loads((models / "ensemble.json").read_text())
     assert ensemble["checkpoints"] == ["$@ckpt_dir + '/fold0/model.pt'", "$@ckpt_dir + '/fold1/model.pt'"]
     assert ensemble["ensemble_weights"] == [fold["score"] for fold in ensemble["kfold_folds"]]
 
-    (models / "fold1" / "fold.json").unlink()  # as if fold 1 had been killed after its first epoch
-    again = _kfold(*args, "--max_epochs", "2")
-    assert again.returncode == 0, again.stderr[-4000:]
-    assert "fold 0/2: finished earlier" in again.stderr
-    assert f"fold 1/2: resuming from {tmp_path / 'runs' / 'fold1' / 'checkpoint.pt'}" in again.stderr
-    assert "Epoch[2]" in again.stdout + again.stderr and "Epoch[1]" not in again.stdout + again.stderr
+    other = _kfold(*args[:-1], "2")  # --max_epochs 2: another run, not a continuation of this one
+    assert other.returncode == 2 and "fold 0 was started with other settings" in other.stderr
 
     inference = run_bundle(["run", "--config_file", config_files(COMMON, "configs/inference.json", str(models / "ensemble.json")),
                             *META, "--ckpt_dir", str(models), "--dataset_dir", str(tiny_siim / "dicom-images-test"),
                             "--output_dir", str(tmp_path / "out"), "--roi_size", "[64,64]"])  # fmt: skip
     assert "inference with 2 checkpoint(s)" in inference.stdout + inference.stderr
     assert len((tmp_path / "out" / "submission.csv").read_text().splitlines()) == 3
+    evaluation = run_bundle(["run", "--config_file", config_files(COMMON, "configs/train.json", "configs/evaluate.json", TINY,
+                                                                  str(models / "ensemble.json")),
+                             *META, "--ckpt_dir", str(models), "--dataset_dir", str(tiny_siim), "--output_dir", str(tmp_path / "eval"),
+                             "--thresholds_file", str(models / "ensemble_thresholds.json")])  # fmt: skip
+    assert "inference with 2 checkpoint(s)" in evaluation.stdout + evaluation.stderr
+    assert (models / "ensemble_thresholds.json").is_file()  # the ensemble's own thresholds, which inference then uses
