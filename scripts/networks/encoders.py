@@ -75,9 +75,13 @@ class _Pretrained:
         self.load_state_dict(state)
         logger.info("encoder weights loaded from %s (%d tensors)", source, len(state))
 
-    def download_weights(self, url: str) -> None:
+    def download_weights(self, url: str, check_hash: bool = False) -> None:
+        """``url``'s state dict (``weights_only``); ``check_hash``: a download must match the SHA-256 prefix in the
+        file's name (torchvision's convention; a file already in the cache is taken as it is)."""
         try:
-            saved = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+            saved = torch.hub.load_state_dict_from_url(
+                url, map_location="cpu", progress=False, weights_only=True, check_hash=check_hash
+            )
         except Exception as error:
             raise ValueError(
                 f"{type(self).__name__}: pretrained weights cannot be downloaded from {url} ({type(error).__name__}: "
@@ -110,7 +114,7 @@ class ImageNetResNetEncoder(_Pretrained, ResNet, BaseEncoder):
             bias_downsample=False,
         )
         if pretrained:
-            self.download_weights(_TORCHVISION_URLS[model_name])
+            self.download_weights(_TORCHVISION_URLS[model_name], check_hash=True)
 
     forward = ResNetFeatures.forward  # the stem's output and the four stages' outputs
 
