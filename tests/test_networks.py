@@ -197,15 +197,17 @@ def test_each_family_trains_then_infers_and_exports_from_its_checkpoint_without_
     run_bundle(["run", "--config_file", inference, "--meta_file", meta, "--dataset_dir", str(tiny_siim / "dicom-images-test"),
                 "--output_dir", str(tmp_path / "out"), "--ckpt_dir", str(tmp_path / "models"), "--roi_size", "[64,64]"])  # fmt: skip
     assert len((tmp_path / "out" / "submission.csv").read_text().splitlines()) == 3
-    run_bundle(["ckpt_export", "network_def", "--filepath", str(tmp_path / "model.ts"), "--ckpt_file",
-                str(tmp_path / "models" / "model.pt"), "--ckpt_dir", str(tmp_path / "models"), "--meta_file", meta,
-                "--config_file", inference])  # fmt: skip
+    from monai.bundle import ckpt_export, verify_net_in_out  # the Model Zoo commands, in this process (faster)
+
+    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(tmp_path / "models" / "model.pt"),
+                meta_file=str(REPO / meta), config_file=[str(REPO / COMMON), str(REPO_CONFIGS / "inference.json")],
+                ckpt_dir=str(tmp_path / "models"), bundle_root=str(REPO))  # fmt: skip
     network = load_weights(network_for(tmp_path / "models" / "model.pt", {}), tmp_path / "models" / "model.pt").eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.load(str(tmp_path / "model.ts"))(x), network(x), atol=1e-5, rtol=1e-5)
-    run_bundle(["verify_net_in_out", "network_def", "--meta_file", meta, "--config_file",
-                config_files(COMMON, "configs/inference.json", f"configs/networks/{family}.json")])  # fmt: skip
+    verify_net_in_out("network_def", meta_file=str(REPO / meta), bundle_root=str(REPO),
+                      config_file=[str(REPO / COMMON), str(REPO_CONFIGS / "inference.json"), str(REPO_CONFIGS / "networks" / f"{family}.json")])  # fmt: skip
 
 
 @pytest.mark.parametrize("family", FAMILIES)
