@@ -73,3 +73,41 @@ def test_kfold_trains_each_fold_once_resumes_a_stopped_one_and_leaves_an_ensembl
                              "--thresholds_file", str(models / "ensemble_thresholds.json")])  # fmt: skip
     assert "inference with 2 checkpoint(s)" in evaluation.stdout + evaluation.stderr
     assert (models / "ensemble_thresholds.json").is_file()  # the ensemble's own thresholds, which inference then uses
+
+
+@pytest.mark.slow
+def test_a_killed_kfold_command_takes_its_folds_run_with_it(tiny_siim, tmp_path):
+    """SIGKILL cannot be forwarded: the fold's run asks the kernel to end with its parent (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    parent = subprocess.Popen([sys.executable, "-m", "scripts.training.kfold", "--folds", "2", "--config_file",
+                               config_files(COMMON, "configs/train.json", TINY), *META, "--dataset_dir", str(tiny_siim),
+                               "--ckpt_dir", str(tmp_path / "models"), "--max_epochs", "50"],
+                              cwd=REPO, env=bundle_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def children() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.monotonic() + 60
+    while not children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    fold_run = children()
+    assert fold_run, "the fold's run did not start"
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{fold_run[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    state = Path(f"/proc/{fold_run[0]}/stat")
+    assert not state.exists() or state.read_text().rsplit(")", 1)[1].split()[0] == "Z", "the fold's run outlived the command"

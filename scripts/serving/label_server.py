@@ -120,15 +120,15 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
             if source.is_file():
                 shutil.copyfile(source, target)
     # the served configs define the network the weights belong to, so MONAI Label's training fine-tunes it
-    recorded = saved_network_config(model)
+    recorded, trained_size = saved_network_config(model), saved_record(model).get(IMAGE_SIZE_KEY)
     configs = bundle / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     for name in ("inference.json", "train.json"):
         config = _merged_config(name, overrides)
         if recorded is not None:
             config["network_config"] = recorded
-        if name == "train.json" and saved_record(model).get(IMAGE_SIZE_KEY) is not None:
-            config["image_size"] = saved_record(model)[IMAGE_SIZE_KEY]  # fine-tuning at the size it was trained at
+        if name == "train.json" and trained_size is not None:
+            config["image_size"] = trained_size  # fine-tuning at the size it was trained at
         ConfigParser.export_config_file(config, str(configs / name), indent=4)
     for name in ("metadata.json", "logging.conf"):
         shutil.copyfile(REPO / "configs" / name, configs / name)

@@ -5,7 +5,7 @@
 
 Fold ``k`` is ``python -m monai.bundle run ... --fold k --n_folds K`` with its weights in ``<ckpt_dir>/fold<k>/``
 and its logs and training state in ``<output_dir>/fold<k>/`` (default ``<ckpt_dir>/runs``). After a crash, a kill
-or Ctrl-C (which stops the fold's run too), the same command goes on where it stopped: a fold that finished
+or Ctrl-C (which stop the fold's run too, as a SIGKILL of this command does), the same command goes on where it stopped: a fold that finished
 (``fold<k>/fold.json``) is skipped, one whose training finished but not its evaluation is only evaluated, and one
 that was stopped resumes from its training state (``--resume true``). Each fold records the settings it was started
 with (``fold<k>/run.json``: K, the configs, every override, the output folder); a later command with other settings
@@ -30,9 +30,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scripts.networks.definition import saved_record
 from scripts.siim.datalist import read_datalist
 from scripts.utils.files import atomic_open
 from scripts.utils.metadata import BUNDLE_ROOT
+from scripts.utils.processes import ends_with_this_process
 
 __all__ = ["ENSEMBLE_FILE", "FOLD_FILE", "RUN_FILE", "main"]
 
@@ -96,7 +98,7 @@ def _bundle_run(config_files: list[str], args: list[str]) -> int:
     """``monai.bundle run`` as a child process that a SIGTERM or Ctrl-C of this command also stops; its exit code
     (128 + the signal's number when a signal ended it)."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps(config_files), *args]
-    child = subprocess.Popen(command)
+    child = subprocess.Popen(command, preexec_fn=ends_with_this_process())  # SIGKILL of this command ends it too
 
     def forward(number, _frame) -> None:
         child.send_signal(number)
@@ -120,7 +122,7 @@ def _write(path: Path, content: dict) -> None:
 
 
 def _record(model: Path) -> dict:
-    saved = _read(model.with_suffix(".json"))
+    saved = saved_record(model)
     return {key: saved[key] for key in ("metric", "score", "epoch") if key in saved}
 
 

@@ -16,7 +16,7 @@ import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["process_pool"]
+__all__ = ["ends_with_this_process", "process_pool"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,6 +33,17 @@ def _die_with_parent(parent: int) -> None:
     """In a worker: the default SIGTERM (not the parent's handler), and SIGTERM when the parent dies."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent shuts the pool down
+    _sigterm_when_parent_dies(parent)
+
+
+def ends_with_this_process():
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child (and what it executes) gets SIGTERM when the calling
+    process dies, even by SIGKILL (Linux)."""
+    parent = os.getpid()
+    return lambda: _sigterm_when_parent_dies(parent)
+
+
+def _sigterm_when_parent_dies(parent: int) -> None:
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the line above
