@@ -147,7 +147,15 @@ def test_the_label_server_serves_and_fine_tunes_the_network_its_weights_record(t
 
 
 # ------------------------------------------------------------------------------------------ the seeds' families
-FAMILIES = ["unet_resnet34", "unet_resnet50", "unet_seresnext50", "unet_efficientnet", "unetplusplus", "attention_unet_resnet34"]
+FAMILIES = [
+    "unet_resnet34",
+    "unet_resnet50",
+    "unet_seresnext50",
+    "unet_efficientnet",
+    "unetplusplus",
+    "attention_unet_resnet34",
+    "double_unet",
+]
 
 
 def _family_network(family, *files):
@@ -169,6 +177,20 @@ def test_each_family_maps_a_radiograph_to_one_logit_map_and_scripts_to_the_same_
         y = network(x)
         assert isinstance(y, torch.Tensor) and y.shape == (2, 1, 64, 96)
         torch.testing.assert_close(torch.jit.script(network)(x), y, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["unetplusplus", "attention_unet_resnet34", "double_unet"])
+def test_the_families_that_take_any_size_map_an_odd_sized_image_to_a_map_of_its_size(family):
+    network = _family_network(family, "configs/train.json").eval()
+    with torch.no_grad():
+        assert network(torch.rand(1, 1, 65, 77)).shape == (1, 1, 65, 77)
+
+
+def test_the_double_unets_first_mask_gates_the_second_networks_input_and_learns_through_its_output():
+    network = _family_network("double_unet", "configs/train.json")
+    network(torch.rand(2, 1, 64, 64)).sum().backward()
+    # network 1's mask head reaches the output only through the gate on network 2's input
+    assert network.head1.conv.weight.grad.abs().sum() > 0
 
 
 def test_the_resnet34_encoder_has_torchvisions_layout():
@@ -248,6 +270,8 @@ def test_encoder_weights_from_a_local_file_start_the_encoder_rgb_summed_for_grey
         build_network({**config, "encoder_weights": str(tmp_path / "partial.pth")})
     with pytest.raises(ValueError, match="has no encoder to load them into"):
         build_network({**TINY_ATTENTION, "encoder_weights": str(tmp_path / "resnet34.pth")})
+    double = build_network({"target": "scripts.networks.double_unet.DoubleUNet", "encoder_weights": str(tmp_path / "resnet34.pth")})
+    torch.testing.assert_close(double.encoder.state_dict()["layer3.5.conv2.weight"], saved["layer3.5.conv2.weight"])
 
 
 def test_the_seresnext50_encoder_takes_imagenet_weights_in_cadenes_layout(tmp_path):

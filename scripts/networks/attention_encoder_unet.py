@@ -13,9 +13,10 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks import Convolution
-from monai.networks.nets import FLEXUNET_BACKBONE
 from monai.networks.nets.attentionunet import AttentionBlock
 from torch.nn import functional
+
+from scripts.networks.encoders import backbone_encoder
 
 __all__ = ["AttentionEncoderUNet"]
 
@@ -57,16 +58,10 @@ class AttentionEncoderUNet(torch.nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
     ) -> None:
         super().__init__()
-        import scripts.networks.encoders  # noqa: F401  (registers the backbones MONAI lacks)
-
-        if backbone not in FLEXUNET_BACKBONE.register_dict:
-            raise ValueError(f"AttentionEncoderUNet: unknown backbone {backbone!r}; one of {sorted(FLEXUNET_BACKBONE.register_dict)}")
-        encoder = FLEXUNET_BACKBONE.register_dict[backbone]
-        if encoder["feature_number"] != 5 or len(decoder_channels) != 5:
-            raise ValueError("AttentionEncoderUNet: needs a backbone of five feature maps and five decoder channels")
-        parameters = {**encoder["parameter"], "spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": pretrained}
-        self.encoder = encoder["type"](**parameters)
-        skips = list(encoder["feature_channel"])  # strides 2, 4, 8, 16, 32
+        if len(decoder_channels) != 5:
+            raise ValueError("AttentionEncoderUNet: needs five decoder channels")
+        # the encoder: five feature maps, at strides 2 to 32
+        self.encoder, skips = backbone_encoder("AttentionEncoderUNet", backbone, spatial_dims, in_channels, pretrained)
         widths = [skips[-1], *decoder_channels]
         self.stages = torch.nn.ModuleList(
             _GatedStage(spatial_dims, widths[index], skips[-2 - index], widths[index + 1]) for index in range(4)

@@ -23,7 +23,7 @@ from monai.networks.nets import FLEXUNET_BACKBONE
 from monai.networks.nets.resnet import ResNet, ResNetFeatures
 from monai.networks.nets.senet import SE_NET_MODELS, SENet
 
-__all__ = ["ImageNetResNetEncoder", "SEResNeXt50Encoder", "fit_state_dict"]
+__all__ = ["ImageNetResNetEncoder", "SEResNeXt50Encoder", "backbone_encoder", "fit_state_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -216,3 +216,17 @@ class SEResNeXt50Encoder(_Pretrained, SENet, BaseEncoder):
 for _encoder in (ImageNetResNetEncoder, SEResNeXt50Encoder):
     if _encoder.backbone_names[0] not in FLEXUNET_BACKBONE.register_dict:
         FLEXUNET_BACKBONE.register_class(_encoder)
+
+
+def backbone_encoder(
+    network: str, backbone: str, spatial_dims: int, in_channels: int, pretrained: bool
+) -> tuple[torch.nn.Module, list[int]]:
+    """A ``FlexibleUNet`` backbone of five feature maps (strides 2 to 32) built for a network of our own, and the
+    channels of those maps; ``network`` names that network in the errors."""
+    if backbone not in FLEXUNET_BACKBONE.register_dict:
+        raise ValueError(f"{network}: unknown backbone {backbone!r}; one of {sorted(FLEXUNET_BACKBONE.register_dict)}")
+    encoder = FLEXUNET_BACKBONE.register_dict[backbone]
+    if encoder["feature_number"] != 5:
+        raise ValueError(f"{network}: needs a backbone of five feature maps, {backbone} has {encoder['feature_number']}")
+    parameters = {**encoder["parameter"], "spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": pretrained}
+    return encoder["type"](**parameters), list(encoder["feature_channel"])
