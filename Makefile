@@ -17,7 +17,8 @@ BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadat
 # Every bundle command reads configs/common.json (network, device and precision, workers, triplet, image loading) first.
 TRAIN_CONFIGS := 'configs/common.json','configs/train.json'
 INFERENCE_CONFIGS := 'configs/common.json','configs/inference.json'
-PYTEST_ARGS ?=
+# --durations: the slowest tests and their seconds, at the end of every run (to keep CI within its budget).
+PYTEST_ARGS ?= --durations=15
 
 LABEL_VENV := .venv-label
 STUDIES ?= $(DEMO_DIR)/siim
