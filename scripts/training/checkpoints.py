@@ -37,12 +37,53 @@ from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "InitialWeights", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights"]
+__all__ = ["BestModelSaver", "InitialWeights", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights", "save_model", "write_ensemble_override"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+def save_model(network: torch.nn.Module, path: str | os.PathLike, record: Mapping, network_config: Mapping | None, image_size=None) -> None:
+    """Write ``network``'s weights to ``path`` as a plain ``state_dict`` (CPU tensors, ``weights_only``-loadable)
+    and ``record`` beside it (``model.json``), with the network's definition and whole-image size added, so
+    whatever loads the weights builds the network they belong to and resizes as training did. Both writes are
+    atomic; the record goes last."""
+    path = Path(path)
+    state = {key: value.detach().cpu() for key, value in unwrap(network).state_dict().items()}
+    _atomic_torch_save(state, path)
+    size = image_size_pair(image_size)
+    record = {**record, IMAGE_SIZE_KEY: list(size) if size is not None else None}
+    if network_config is not None:
+        record[RECORD_KEY] = dict(network_config)
+    with atomic_open(record_path(path), "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=4)
+
+
+def write_ensemble_override(path: str | os.PathLike, checkpoints, ckpt_dir: str | os.PathLike, weights=None,
+                            thresholds_file: str | os.PathLike | None = None, **extra) -> None:  # fmt: skip
+    """Write ``path``, an override for ``inference.json`` / ``evaluate.json`` that runs ``checkpoints`` as one
+    ensemble (``ensemble_weights`` ``weights``), with its thresholds from ``thresholds_file`` (default
+    ``ensemble_thresholds.json`` beside ``path``; ``triplet`` while there is none). Paths inside ``ckpt_dir`` are
+    written relative to it (``$@ckpt_dir + '/...'``), so the folder can be moved and named by ``--ckpt_dir``."""
+    path, ckpt_dir = Path(path), Path(ckpt_dir)
+
+    def named(file) -> str:
+        file = Path(file)
+        try:
+            return f"$@ckpt_dir + '/{file.relative_to(ckpt_dir).as_posix()}'"
+        except ValueError:
+            return str(file)
+
+    override = {
+        "checkpoints": [named(file) for file in checkpoints],
+        "ensemble_weights": None if weights is None else [float(weight) for weight in weights],
+        "thresholds_file": named(thresholds_file if thresholds_file is not None else path.with_name("ensemble_thresholds.json")),
+        **extra,
+    }
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        json.dump(override, handle, indent=4)
 
 
 class BestModelSaver:
@@ -101,14 +142,8 @@ class BestModelSaver:
         self.best = score
         if not is_main_process():
             return
-        state = {key: value.detach().cpu() for key, value in unwrap(self.network).state_dict().items()}
-        _atomic_torch_save(state, self.path)
         record = {"metric": name, "score": score, "epoch": engine.state.epoch}
-        record[IMAGE_SIZE_KEY] = list(self.image_size) if self.image_size is not None else None
-        if self.network_config is not None:
-            record[RECORD_KEY] = self.network_config
-        with atomic_open(self.record_path, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=4)
+        save_model(self.network, self.path, record, network_config=self.network_config, image_size=self.image_size)
         logger.info("new best %s %.4f at epoch %d: saved %s", name, score, engine.state.epoch, self.path)
 
 
@@ -167,6 +202,8 @@ class TrainingCheckpoint:
         except Exception as error:
             raise ValueError(f"{self.path}: cannot read the training checkpoint: {error}") from error
         for name, obj in self._stateful(engine).items():
+            if name not in checkpoint and not obj.state_dict():
+                continue  # an object that has no state yet (SWA before its first epoch, or off) is not required
             if name not in checkpoint:
                 raise KeyError(f"{self.path}: holds no {name!r} state (it has {sorted(checkpoint)})")
             obj.load_state_dict(checkpoint[name])

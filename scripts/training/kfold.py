@@ -32,6 +32,7 @@ from pathlib import Path
 
 from scripts.networks.definition import saved_record
 from scripts.siim.datalist import read_datalist
+from scripts.training.checkpoints import write_ensemble_override
 from scripts.utils.files import atomic_open
 from scripts.utils.metadata import BUNDLE_ROOT
 from scripts.utils.processes import ends_with_this_process
@@ -195,13 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     ckpt_dir = Path(args.ckpt_dir)
     weights = [float(fold["score"]) for fold in folds] if args.weight_by_score else None
-    ensemble = {
-        "checkpoints": [f"$@ckpt_dir + '/fold{fold}/model.pt'" for fold in range(args.folds)],
-        "ensemble_weights": weights,
-        "thresholds_file": "$@ckpt_dir + '/ensemble_thresholds.json'",
-        "kfold_folds": folds,
-    }
-    _write(ckpt_dir / ENSEMBLE_FILE, ensemble)
+    checkpoints = [ckpt_dir / f"fold{fold}" / "model.pt" for fold in range(args.folds)]
+    write_ensemble_override(ckpt_dir / ENSEMBLE_FILE, checkpoints, ckpt_dir, weights=weights, kfold_folds=folds)
     scores = ", ".join(f"{fold.get('score', float('nan')):.4f}" for fold in folds)
     print(f"{args.folds} folds trained ({scores}); ensemble: {ckpt_dir / ENSEMBLE_FILE}", file=sys.stderr)
     return 0
