@@ -114,7 +114,7 @@ def _train(tmp_path, resume=False, stop_after=None, prepare_batch=None, swa_lr=0
     for handler in (
         LrScheduleHandler(schedule, epoch_level=False, print_lr=False),
         swa,
-        TrainingCheckpoint(tmp_path, {"network": network, "optimizer": optimizer, "lr_scheduler": schedule, "swa": swa}, resume=resume),
+        TrainingCheckpoint(tmp_path, {"network": network, "optimizer": optimizer, "lr_scheduler": schedule}, resume=resume),  # SWA joins by itself
     ):
         handler.attach(trainer)
     if stop_after is not None:
@@ -159,7 +159,7 @@ def test_a_training_checkpoint_without_swa_state_resumes_with_swa(tmp_path):
     swa = StochasticWeightAveraging(network, optimizer, tmp_path / "model_swa.pt", epochs=1, lr=0.1, resume=True)
     resumed = Engine(lambda engine, batch: None)
     swa.attach(resumed)
-    TrainingCheckpoint(tmp_path, {"network": network, "swa": swa}, resume=True).attach(resumed)
+    TrainingCheckpoint(tmp_path, {"network": network}, resume=True).attach(resumed)
     resumed.run([0], max_epochs=2)
     assert swa.snapshots == 1 and (tmp_path / "model_swa.pt").is_file()
 

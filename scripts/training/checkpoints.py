@@ -37,7 +37,7 @@ from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BestModelSaver", "InitialWeights", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "load_weights", "save_model", "write_ensemble_override"]
+__all__ = ["BestModelSaver", "InitialWeights", "LoadBestModel", "ReportSavedModel", "TrainingCheckpoint", "keep_with_run", "load_weights", "save_model", "write_ensemble_override"]
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -147,13 +147,29 @@ class BestModelSaver:
         logger.info("new best %s %.4f at epoch %d: saved %s", name, score, engine.state.epoch, self.path)
 
 
+_KEPT_WITH_RUN = "_kept_with_the_run"
+
+
+def keep_with_run(engine: Engine, name: str, obj) -> None:
+    """Have :class:`TrainingCheckpoint` save and restore ``obj`` (``state_dict`` / ``load_state_dict``) with the run
+    of ``engine``, under ``name``: how a handler that keeps state (SWA's average) joins the training checkpoint from
+    its ``attach``, without the config naming it twice (MONAI's and MONAI Label's tools read ``train#handlers`` as
+    a list of definitions, so it cannot hold references)."""
+    kept = getattr(engine, _KEPT_WITH_RUN, None)
+    if kept is None:
+        kept = {}
+        setattr(engine, _KEPT_WITH_RUN, kept)
+    kept[name] = obj
+
+
 class TrainingCheckpoint:
     """Save everything needed to resume training after each ``save_interval`` epochs; optionally resume.
 
     Args:
         ckpt_dir: folder of ``checkpoint.pt``.
         objects: name -> object with ``state_dict()`` / ``load_state_dict()`` (network, optimizer, lr_scheduler).
-            The trainer's AMP grad scaler is added by itself when the trainer has one.
+            The trainer's AMP grad scaler is added by itself when the trainer has one, and so is what handlers
+            gave :func:`keep_with_run`.
         resume: load ``checkpoint.pt`` when the trainer starts (it must exist).
         save_interval: epochs between saves.
     """
@@ -175,7 +191,8 @@ class TrainingCheckpoint:
             engine.add_event_handler(Events.STARTED, self.load)
 
     def _stateful(self, engine: Engine) -> dict[str, object]:
-        objects = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj) for name, obj in self.objects.items()}
+        objects = {**getattr(engine, _KEPT_WITH_RUN, {}), **self.objects}
+        objects = {name: (unwrap(obj) if isinstance(obj, torch.nn.Module) else obj) for name, obj in objects.items()}
         scaler = getattr(engine, "scaler", None)
         if scaler is not None:
             objects["scaler"] = scaler

@@ -10,8 +10,8 @@ writes the averaged weights as a plain ``state_dict`` beside the best model (``m
 record that names its network (``models/model_swa.json``), so that evaluation and inference take it like any
 checkpoint (``--checkpoints "['models/model_swa.pt']"``).
 
-Its state (the average so far and SWALR's) is part of the training checkpoint (``TrainingCheckpoint``'s
-``objects``), so a killed run resumes to the same averaged weights.
+Its state (the average so far and SWALR's) is part of the training checkpoint (it joins ``TrainingCheckpoint``
+through ``keep_with_run`` when attached), so a killed run resumes to the same averaged weights.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from scripts.networks.definition import definition_of, record_path
-from scripts.training.checkpoints import save_model
+from scripts.training.checkpoints import keep_with_run, save_model
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.flags import switches
 
@@ -101,6 +101,7 @@ class StochasticWeightAveraging:
         return self.epochs > 0
 
     def attach(self, engine: Engine) -> None:
+        keep_with_run(engine, "swa", self)  # off too: its (empty) state says so, and a stale one is noticed
         if not self.enabled:
             return
         engine.add_event_handler(Events.STARTED, self._plan)
