@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from scripts.siim.datalist import read_datalist
-from scripts.utils.files import atomic_open
+from scripts.utils.files import write_json
 
 __all__ = ["all_empty_score", "save_metrics_json"]
 
@@ -28,8 +28,7 @@ def save_metrics_json(path: str | os.PathLike, evaluator, **extra) -> dict:
         "metrics": {name: float(value) for name, value in evaluator.state.metrics.items()},
         **{key: str(value) for key, value in extra.items()},
     }
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(summary, handle, indent=4)
+    write_json(path, summary)
     return summary
 
 

@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 from scipy import ndimage
 
-from scripts.utils.files import atomic_open
+from scripts.utils.files import write_json
 
 REFERENCE_PIXELS = 1024 * 1024
 
@@ -97,8 +97,7 @@ class TripletThresholdd(MapTransform):
 
 def save_triplet(path: str | os.PathLike, triplet: Triplet, **extra) -> Path:
     """Write a triple (and any extra facts, e.g. the score it reached) as JSON, atomically."""
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump({**asdict(triplet), **extra}, handle, indent=4)
+    write_json(path, {**asdict(triplet), **extra})
     return Path(path)
 
 

@@ -32,7 +32,7 @@ from scripts.data.resize import image_size_pair
 from scripts.networks.definition import IMAGE_SIZE_KEY, RECORD_KEY, definition_of, record_path, saved_network_config
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.errors import error_reason
-from scripts.utils.files import atomic_open
+from scripts.utils.files import atomic_open, write_json
 from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
@@ -45,20 +45,22 @@ def _atomic_torch_save(obj, path: Path) -> None:
         torch.save(obj, handle)
 
 
-def save_model(network: torch.nn.Module, path: str | os.PathLike, record: Mapping, network_config: Mapping | None, image_size=None) -> None:
-    """Write ``network``'s weights to ``path`` as a plain ``state_dict`` (CPU tensors, ``weights_only``-loadable)
-    and ``record`` beside it (``model.json``), with the network's definition and whole-image size added, so
-    whatever loads the weights builds the network they belong to and resizes as training did. Both writes are
-    atomic; the record goes last."""
+def save_model(network: torch.nn.Module, path: str | os.PathLike, record: Mapping, image_size=None,
+               weights_of: torch.nn.Module | None = None) -> None:  # fmt: skip
+    """Write ``network``'s weights (or those of ``weights_of``, a copy of it such as SWA's average) to ``path`` as a
+    plain ``state_dict`` (CPU tensors, ``weights_only``-loadable) and ``record`` beside it (``model.json``), with
+    ``network``'s definition (``definition_of``: when it was built from one) and whole-image size added, so whatever
+    loads the weights builds the network they belong to and resizes as training did. Both writes are atomic; the
+    record goes last."""
     path = Path(path)
-    state = {key: value.detach().cpu() for key, value in unwrap(network).state_dict().items()}
+    state = {key: value.detach().cpu() for key, value in unwrap(network if weights_of is None else weights_of).state_dict().items()}
     _atomic_torch_save(state, path)
     size = image_size_pair(image_size)
     record = {**record, IMAGE_SIZE_KEY: list(size) if size is not None else None}
+    network_config = definition_of(network)
     if network_config is not None:
-        record[RECORD_KEY] = dict(network_config)
-    with atomic_open(record_path(path), "w", encoding="utf-8") as handle:
-        json.dump(record, handle, indent=4)
+        record[RECORD_KEY] = network_config
+    write_json(record_path(path), record)
 
 
 def write_ensemble_override(path: str | os.PathLike, checkpoints, ckpt_dir: str | os.PathLike, weights=None,
@@ -82,8 +84,7 @@ def write_ensemble_override(path: str | os.PathLike, checkpoints, ckpt_dir: str 
         "thresholds_file": named(thresholds_file if thresholds_file is not None else path.with_name("ensemble_thresholds.json")),
         **extra,
     }
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(override, handle, indent=4)
+    write_json(path, override)
 
 
 class BestModelSaver:
@@ -143,7 +144,7 @@ class BestModelSaver:
         if not is_main_process():
             return
         record = {"metric": name, "score": score, "epoch": engine.state.epoch}
-        save_model(self.network, self.path, record, network_config=self.network_config, image_size=self.image_size)
+        save_model(self.network, self.path, record, image_size=self.image_size)
         logger.info("new best %s %.4f at epoch %d: saved %s", name, score, engine.state.epoch, self.path)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from scripts.networks.definition import saved_record
 from scripts.siim.datalist import read_datalist
 from scripts.training.checkpoints import write_ensemble_override
-from scripts.utils.files import atomic_open
+from scripts.utils.files import write_json
 from scripts.utils.metadata import BUNDLE_ROOT
 from scripts.utils.processes import ends_with_this_process
 
@@ -117,11 +117,6 @@ def _read(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
-def _write(path: Path, content: dict) -> None:
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=4)
-
-
 def _record(model: Path) -> dict:
     saved = saved_record(model)
     return {key: saved[key] for key in ("metric", "score", "epoch") if key in saved}
@@ -138,7 +133,7 @@ def _run_fold(fold: int, args, config_files: list[str], passed: list[str], setti
             "or use another --ckpt_dir"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / RUN_FILE, settings)
+    write_json(folder / RUN_FILE, settings)
     status = _read(folder / FOLD_FILE)
     common = [*passed, "--fold", str(fold), "--n_folds", str(args.folds), "--ckpt_dir", str(folder)]
     if not status.get("trained"):
@@ -149,7 +144,7 @@ def _run_fold(fold: int, args, config_files: list[str], passed: list[str], setti
         if code != 0:
             raise _Refused(f"{name} stopped (exit {code}); the same command resumes it", code)
         status = {"fold": fold, "n_folds": args.folds, "trained": True, "evaluated": False, **_record(folder / "model.pt")}
-        _write(folder / FOLD_FILE, status)
+        write_json(folder / FOLD_FILE, status)
     elif not (args.evaluate and not status.get("evaluated")):
         print(f"{name}: finished earlier ({status.get('metric')} {status.get('score')}), skipped", file=sys.stderr)
     if args.evaluate and not status.get("evaluated"):
@@ -159,7 +154,7 @@ def _run_fold(fold: int, args, config_files: list[str], passed: list[str], setti
         if code != 0:
             raise _Refused(f"{name}: evaluation stopped (exit {code}); the same command evaluates it again", code)
         status = {**status, "evaluated": True}
-        _write(folder / FOLD_FILE, status)
+        write_json(folder / FOLD_FILE, status)
     return status
 
 

@@ -26,9 +26,9 @@ import torch
 from ignite.engine import Engine, Events
 from torch.optim.lr_scheduler import LambdaLR
 
-from scripts.networks.definition import definition_of, record_path
+from scripts.networks.definition import record_path
 from scripts.training.checkpoints import save_model, write_ensemble_override
-from scripts.utils.distributed import is_main_process, unwrap
+from scripts.utils.distributed import is_main_process
 from scripts.utils.flags import switches
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class CycleSnapshots:
         cycle = engine.state.epoch // self.cycle_epochs
         path = self.folder / f"cycle{cycle}.pt"
         record = {"snapshot": {"cycle": cycle, "of": self.cycles}, "epoch": engine.state.epoch}
-        save_model(self.network, path, record, network_config=definition_of(unwrap(self.network)), image_size=self.image_size)
+        save_model(self.network, path, record, image_size=self.image_size)
         saved = [self.folder / f"cycle{k}.pt" for k in range(1, cycle + 1) if (self.folder / f"cycle{k}.pt").is_file()]
         write_ensemble_override(self.folder / ENSEMBLE_FILE, saved, self.ckpt_dir)
         logger.info("cycle %d of %d ended at epoch %d: saved %s", cycle, self.cycles, engine.state.epoch, path)
@@ -191,7 +191,7 @@ class BestCheckpoints:
         if len(kept) < self.k or score > kept[self.k - 1][0]:
             path = self.folder / f"epoch{epoch}.pt"
             record = {"metric": name, "score": score, "epoch": epoch}
-            save_model(self.network, path, record, network_config=definition_of(unwrap(self.network)), image_size=self.image_size)
+            save_model(self.network, path, record, image_size=self.image_size)
             kept.append((score, epoch))
         kept.sort(key=lambda item: (-item[0], item[1]))
         for _, dropped in kept[self.k :]:  # also what a lower keep_best on resuming leaves over

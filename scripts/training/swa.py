@@ -27,7 +27,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from scripts.networks.definition import definition_of, record_path
+from scripts.networks.definition import record_path
 from scripts.training.checkpoints import keep_with_run, save_model
 from scripts.utils.distributed import is_main_process, unwrap
 from scripts.utils.flags import switches
@@ -184,7 +184,7 @@ class StochasticWeightAveraging:
         with torch.no_grad(), precision:
             update_bn(self._bn_images(engine), self.averaged)
         record = {"swa": {"first_epoch": self.averaged_from, "last_epoch": engine.state.epoch, "snapshots": self.snapshots}}
-        save_model(self.averaged.module, self.path, record, network_config=definition_of(unwrap(self.network)), image_size=self.image_size)
+        save_model(self.network, self.path, record, image_size=self.image_size, weights_of=self.averaged.module)
         logger.info("SWA: the mean of %d snapshots (epochs %d-%d) saved as %s", self.snapshots, self.averaged_from, engine.state.epoch, self.path)
 
     def _bn_images(self, engine: Engine) -> Iterator[torch.Tensor]:
