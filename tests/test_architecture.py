@@ -10,10 +10,10 @@ import pytest
 from tests.conftest import REPO, bundle_env
 
 #: The order of docs/README.md's table: a package may import itself and the ones before it.
-LAYERS = ["utils", "siim", "data", "networks", "training", "evaluation", "inference", "serving", "synthetic", "benchmark"]
+LAYERS = ["utils", "siim", "nih", "data", "networks", "training", "evaluation", "inference", "serving", "synthetic", "benchmark"]
 LIGHT = ["scripts.utils.files", "scripts.utils.flags", "scripts.utils.errors", "scripts.utils.metadata", "scripts.utils.processes",
          "scripts.siim.rle",
-         "scripts.siim.rle_csv", "scripts.siim.image_id", "scripts.siim.datalist"]  # fmt: skip
+         "scripts.siim.rle_csv", "scripts.siim.image_id", "scripts.siim.datalist", "scripts.nih.datalist"]  # fmt: skip
 
 
 def imported_packages(path):

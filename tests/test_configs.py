@@ -99,7 +99,7 @@ def test_inference_prefers_the_tuned_thresholds_and_an_explicit_override_beats_b
     def used(**overrides):
         parser = read(COMMON, "configs/inference.json")
         parser.update({"ckpt_dir": str(tmp_path), **overrides})
-        return parser.get_parsed_content("postprocessing").transforms[1].threshold.triplet
+        return parser.get_parsed_content("postprocessing").transforms[2].threshold.triplet
 
     assert (used().top, used().min_area, used().bottom) == (0.6, 1000, 0.4)
     assert used(triplet={"top": 0.9, "min_area": 0, "bottom": 0.5}).top == 0.6  # only the fallback

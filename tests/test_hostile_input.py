@@ -269,7 +269,7 @@ def _items(folder, uids, positive=True):
         path = write_test_dicom(folder / f"{uid}.dcm", pixels, sop_instance_uid=uid, jpeg_quality=None)
         meta = {"filename_or_obj": str(path), "SOPInstanceUID": uid, "Rows": 60, "Columns": 40}
         pred = torch.from_numpy((mask.T[None] if positive else np.zeros((1, 40, 60))).astype(np.float32))
-        out.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred})
+        out.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred, "image_prob": 0.5})
     return out
 
 
@@ -287,7 +287,7 @@ def test_a_folder_with_results_is_refused_unless_overwrite_and_nothing_is_touche
     out = tmp_path / "out"
     _write_run(out, _items(tmp_path / "a", ["1.1"]))
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=r"output_dir .*out is not empty \(errors.csv, masks, seg, skipped.csv, \.\.\.\): pass --overwrite true"):
+    with pytest.raises(ValueError, match=r"output_dir .*out is not empty \(errors.csv, masks, predictions.csv, seg, \.\.\.\): pass --overwrite true"):
         _write_run(out, _items(tmp_path / "b", ["2.2"]))
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -384,8 +384,9 @@ def test_what_appears_in_the_output_folder_during_a_run_is_kept_and_so_are_the_r
 
     out = tmp_path / "out"
     _write_run(out, _items(tmp_path / "a", ["1.1"]))
-    folder = ResultFolder(out, overwrite=True, result_names=["submission.csv", "errors.csv", "skipped.csv",
-                                                             "summary.json", "masks", "seg"])
+    from scripts.inference.writer import RESULT_NAMES
+
+    folder = ResultFolder(out, overwrite=True, result_names=RESULT_NAMES)
     staging = folder.open()
     (staging / "submission.csv").write_text("new")
     (out / ".DS_Store").write_bytes(b"finder")

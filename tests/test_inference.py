@@ -202,6 +202,27 @@ def test_dicom_seg_per_positive_image_reads_back_and_references_its_source(infer
         assert referenced.ReferencedInstanceSequence[0].ReferencedSOPInstanceUID == image_id
         assert seg.SegmentSequence[0].SegmentLabel == "pneumothorax"
         assert seg.SegmentSequence[0].SegmentedPropertyTypeCodeSequence[0].CodeValue == "36118008"
+        assert seg.SegmentSequence[0].SegmentDescription == "pneumothorax probability 1.000"  # bright = positive
+
+
+def test_predictions_csv_gives_each_images_probability_and_area_in_input_order_and_the_worklist_ranks_them(inference_run, mixed_folder):
+    from scripts.inference.predictions import read_predictions
+
+    out = inference_run["out"]
+    submitted = [image_id for image_id, _ in csv.reader((out / "submission.csv").read_text().splitlines()[1:])]
+    predictions = read_predictions(out / "predictions.csv")
+    assert [p.image_id for p in predictions] == submitted  # one row per image, in input order
+    assert (out / "predictions.csv").read_text().splitlines()[0] == "ImageId,probability,area_px,positive"
+    for prediction in predictions:
+        truth = mixed_folder["truth"][prediction.image_id]
+        assert 0.0 <= prediction.probability <= 1.0
+        assert prediction.area_px == int(truth.sum()) and prediction.positive == truth.any()
+        # no gate: the mask's largest pixel probability (BrightnessNet: near 1 on a bright image, near 0 on a dark one)
+        assert prediction.probability > 0.99 if truth.any() else prediction.probability < 0.01
+    ranked = read_predictions(out / "worklist.csv")
+    assert sorted(ranked, key=lambda p: -p.probability) == ranked and sorted(ranked, key=str) == sorted(predictions, key=str)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs"]["predictions"] == "predictions.csv" and "no image gate" in summary["probability"]
 
 
 def test_bad_files_are_listed_with_reasons_and_the_rest_processed(inference_run, mixed_folder):
@@ -337,7 +358,7 @@ def test_a_second_file_with_the_same_sop_instance_uid_is_an_error_not_a_second_r
 
     def item(path):
         meta = {"filename_or_obj": path, "SOPInstanceUID": "1.2.3", "Rows": 4, "Columns": 6}
-        return {"image": MetaTensor(torch.zeros(1, 6, 4), meta=meta), "pred": torch.zeros(1, 6, 4)}
+        return {"image": MetaTensor(torch.zeros(1, 6, 4), meta=meta), "pred": torch.zeros(1, 6, 4), "image_prob": 0.1}
 
     writer(SimpleNamespace(state=SimpleNamespace(output=[item("a.dcm")])))
     writer(SimpleNamespace(state=SimpleNamespace(output=[item("b.dcm")])))
@@ -372,7 +393,7 @@ def _writer_items(tmp_path, n=3):
         path = write_test_dicom(tmp_path / f"source{i}.dcm", mask.astype(np.uint8) * 200, sop_instance_uid=uid, jpeg_quality=None)
         meta = {"filename_or_obj": str(path), "SOPInstanceUID": uid, "Rows": mask.shape[0], "Columns": mask.shape[1]}
         pred = torch.from_numpy(mask.T[None].astype(np.float32))
-        items.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred})
+        items.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred, "image_prob": 0.9})
     return items, mask
 
 

@@ -91,10 +91,11 @@ def test_grid_search_scores_every_triple_exactly_as_thresholding_would():
     search(y_pred=torch.stack(probs), y=torch.stack(truths))
     table = search.table()
     assert len(table) == 12
-    for triplet, value in table:
+    for triplet, gate, value in table:
+        assert gate == 0.0  # no gate in the probabilities, none searched
         expected = np.mean([brute_force(p, t, triplet) for p, t in zip(probs, truths)])
         assert value == pytest.approx(expected)
-    assert table[0][1] == max(value for _, value in table)
+    assert table[0].score == max(row.score for row in table)
 
 
 def test_search_handler_saves_the_best_triple(tmp_path):

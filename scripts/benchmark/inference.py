@@ -78,7 +78,7 @@ def writer_cost(data_dir: Path, out: Path, n_images: int, workers: int) -> dict:
         _, regions = render_case(np.random.default_rng(i), rows, cols, n_regions=2)
         mask = torch.from_numpy(np.ascontiguousarray(np.logical_or.reduce(regions).T[None], dtype=np.float32))
         meta = {"filename_or_obj": str(source), "SOPInstanceUID": str(header.SOPInstanceUID), "Rows": rows, "Columns": cols}
-        items.append({"image": MetaTensor(mask.clone(), meta=meta), "pred": mask})
+        items.append({"image": MetaTensor(mask.clone(), meta=meta), "pred": mask, "image_prob": 1.0})
     results = {"images": len(items)}
     for count in (0, workers):
         writer = InferenceWriter(out / f"writer_{count}", workers=count, overwrite=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pydicom
 
+from scripts.data.png_reader import is_png, png_problem
 from scripts.data.reader import DEFAULT_MAX_PIXELS, file_problem, header_problem, max_file_bytes
 from scripts.siim.datalist import LABEL_FILE_SUFFIXES
 from scripts.siim.rle import parse_runs
@@ -31,9 +32,14 @@ logger = logging.getLogger(__name__)
 _SHOWN = 20
 
 
-def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS) -> str | None:
-    """Why this datalist item cannot be trained on, or None (a check that fails is the item's problem too)."""
+def item_problem(item: dict, max_pixels: int = DEFAULT_MAX_PIXELS, png: bool = False) -> str | None:
+    """Why this datalist item cannot be trained on, or None (a check that fails is the item's problem too).
+
+    With ``png`` a PNG radiograph is an image too (the classifier's NIH ChestX-ray14 items, image-level labels
+    only): its header is checked (``scripts.data.png_reader.png_problem``)."""
     try:
+        if png and is_png(str(item.get("image", ""))):
+            return png_problem(str(item["image"]), max_pixels)
         return _item_problem(item, max_pixels)
     except Exception as error:  # a header no check foresaw: it names the file like any other problem
         return f"cannot be checked: {error_reason(error)}"
@@ -69,22 +75,24 @@ def _item_problem(item: dict, max_pixels: int) -> str | None:
     return None
 
 
-def _problems(items: list[dict], max_pixels: int, workers: int) -> list[str | None]:
+def _problems(items: list[dict], max_pixels: int, workers: int, png: bool) -> list[str | None]:
     if workers <= 1 or len(items) < 64:
-        return [item_problem(item, max_pixels) for item in items]
+        return [item_problem(item, max_pixels, png) for item in items]
     with process_pool(workers) as pool:
-        return list(pool.map(item_problem, items, [max_pixels] * len(items), chunksize=32))
+        return list(pool.map(item_problem, items, [max_pixels] * len(items), [png] * len(items), chunksize=32))
 
 
-@switches(skip_bad="skip_bad_files")
+@switches(skip_bad="skip_bad_files", png="png_images")
 def check_datalist(
     datalist: dict[str, list[dict]],
     report: str | os.PathLike,
     skip_bad: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     workers: int = 1,
+    png: bool = False,
 ) -> dict[str, list[dict]]:
-    """Check the ``training`` and ``validation`` items of ``datalist`` (see the module docstring).
+    """Check the ``training`` and ``validation`` items of ``datalist`` (see the module docstring); with ``png``
+    (``png_images``, the classifier's) PNG radiographs are images too.
 
     Bad files are written to ``report`` (``file,reason``). With ``skip_bad`` they are left out (and logged);
     otherwise the run stops at once with all of them listed.
@@ -94,7 +102,7 @@ def check_datalist(
     """
     keys = [key for key in ("training", "validation") if key in datalist]
     items = [item for key in keys for item in datalist[key]]
-    problems = _problems(items, int(max_pixels), int(workers or 1))
+    problems = _problems(items, int(max_pixels), int(workers or 1), png)
     bad = {id(item): problem for item, problem in zip(items, problems) if problem}
     if not bad:
         return datalist

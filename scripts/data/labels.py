@@ -127,6 +127,27 @@ class LabelToMaskd(RLEToMaskd):
         return (array > 0).astype(self.converter.dtype, order="C")[None]
 
 
+class ImageLabeld(MapTransform):
+    """The image-level label of a datalist item: ``keys`` become a ``(1,)`` float32 array, 1.0 where the item's
+    ``positive_key`` (``"positive"``, which the SIIM and NIH datalists give every item) is true.
+
+    Raises ``ValueError`` naming the image when the item does not say whether it is positive.
+    """
+
+    def __init__(self, keys: KeysCollection, positive_key: str = "positive") -> None:
+        super().__init__(keys, allow_missing_keys=True)  # the keys are made here
+        self.positive_key = positive_key
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        positive = d.get(self.positive_key)
+        if not isinstance(positive, (bool, np.bool_)):
+            raise ValueError(f"{d.get('image', '?')}: the item has no true/false {self.positive_key!r} for an image label")
+        for key in self.keys:
+            d[key] = np.array([1.0 if positive else 0.0], dtype=np.float32)
+        return d
+
+
 def to_image_orientation(array: np.ndarray | torch.Tensor) -> np.ndarray:
     """A MONAI-oriented ``(cols, rows)`` or ``(1, cols, rows)`` array as a ``(rows, cols)`` numpy view.
 

@@ -5,6 +5,9 @@
 * ``pixel_dice``: Dice of all pixels of all images pooled (dominated by the large pneumothoraces).
 * ``sensitivity`` / ``specificity``: image level, "positive" = any foreground pixel.
 
+:class:`ImageClassMetric` scores the image-level classifier (``configs/classifier.json``): its sensitivity and
+specificity at a probability threshold, beside MONAI's ``ROCAUC``.
+
 Each is a MONAI ``CumulativeIterationMetric`` (so distributed gathering and ``MetricsSaver`` details work),
 wrapped for ignite by ``monai.handlers.IgniteMetricHandler`` in the configs.
 """
@@ -16,7 +19,7 @@ from monai.metrics import CumulativeIterationMetric
 
 SCORES = ("competition_dice", "pixel_dice", "sensitivity", "specificity")
 
-__all__ = ["SCORES", "PneumothoraxMetric", "competition_dice", "image_statistics"]
+__all__ = ["SCORES", "ImageClassMetric", "PneumothoraxMetric", "competition_dice", "image_statistics"]
 
 
 def image_statistics(y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -80,4 +83,34 @@ class PneumothoraxMetric(CumulativeIterationMetric):
             wanted, hits = truly_positive, called_positive & truly_positive
         else:
             wanted, hits = ~truly_positive, ~called_positive & ~truly_positive
+        return hits.sum() / wanted.sum() if wanted.any() else torch.tensor(float("nan"))
+
+
+class ImageClassMetric(CumulativeIterationMetric):
+    """Sensitivity or specificity of image-level probabilities ``(B, 1)`` against labels ``(B, 1)``, calling an
+    image positive when its probability is at least ``threshold`` (the gate's rule, ``gate_threshold``).
+
+    Args:
+        score: ``"sensitivity"`` or ``"specificity"``.
+        threshold: the probability from which an image is called positive.
+    """
+
+    def __init__(self, score: str = "sensitivity", threshold: float = 0.5) -> None:
+        super().__init__()
+        if score not in ("sensitivity", "specificity"):
+            raise ValueError(f"unknown image-level score {score!r}; expected sensitivity or specificity")
+        self.score, self.threshold = score, float(threshold)
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y is None or y_pred.shape != y.shape or y_pred.flatten(1).shape[1] != 1:
+            raise ValueError(f"{self.score}: one probability and one label per image, got {tuple(y_pred.shape)}")
+        return torch.cat([(y_pred >= self.threshold).flatten(1), (y > 0.5).flatten(1)], dim=1).double()
+
+    def aggregate(self) -> torch.Tensor:  # type: ignore[override]
+        rows = self.get_buffer()
+        if not isinstance(rows, torch.Tensor) or rows.numel() == 0:
+            return torch.tensor(float("nan"))
+        called, truth = rows.reshape(-1, 2).bool().unbind(-1)
+        wanted = truth if self.score == "sensitivity" else ~truth
+        hits = wanted & (called if self.score == "sensitivity" else ~called)
         return hits.sum() / wanted.sum() if wanted.any() else torch.tensor(float("nan"))

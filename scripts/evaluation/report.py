@@ -21,13 +21,22 @@ from scripts.utils.files import write_json
 __all__ = ["all_empty_score", "save_metrics_json"]
 
 
-def save_metrics_json(path: str | os.PathLike, evaluator, **extra) -> dict:
-    """Write an evaluator's metrics (and ``extra`` facts) as JSON, atomically; returns what was written."""
-    summary = {
-        "images": len(evaluator.data_loader.dataset),
-        "metrics": {name: float(value) for name, value in evaluator.state.metrics.items()},
-        **{key: str(value) for key, value in extra.items()},
-    }
+def save_metrics_json(path: str | os.PathLike, evaluator, thresholds_file: str | os.PathLike | None = None, **extra) -> dict:
+    """Write an evaluator's metrics (and ``extra`` facts) as JSON, atomically; returns what was written.
+
+    With ``thresholds_file`` (the search's, ``scripts.evaluation.threshold_search``) its best score without the image
+    gate joins the metrics as ``val_tuned_competition_dice_without_gate``, and its gate threshold as
+    ``tuned_gate``.
+    """
+    metrics = {name: float(value) for name, value in evaluator.state.metrics.items()}
+    summary = {"images": len(evaluator.data_loader.dataset), "metrics": metrics}
+    if thresholds_file is not None:
+        summary["thresholds_file"] = str(thresholds_file)
+        tuned = json.loads(Path(thresholds_file).read_text(encoding="utf-8")) if Path(thresholds_file).is_file() else {}
+        if "competition_dice_without_gate" in tuned:
+            metrics["val_tuned_competition_dice_without_gate"] = float(tuned["competition_dice_without_gate"])
+            summary["tuned_gate"] = float(tuned.get("gate", 0.0))
+    summary.update({key: str(value) for key, value in extra.items()})
     write_json(path, summary)
     return summary
 
@@ -61,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         f"Held-out fold {args.fold}: {len(held_out)} images, {sum(i['positive'] for i in held_out)} with pneumothorax",
         f"  competition Dice, configured thresholds  {metrics['val_competition_dice']:.4f}",
         f"  competition Dice, tuned thresholds       {metrics['val_tuned_competition_dice']:.4f} (tuned on this fold)",
+        *(
+            [f"  the same, without the image gate         {metrics['val_tuned_competition_dice_without_gate']:.4f} "
+             f"(tuned gate threshold {summary.get('tuned_gate', 0):g})"]
+            if summary.get("tuned_gate") else []
+        ),
         f"  predicting every image empty             {baseline:.4f}",
         f"  pixel Dice {metrics['val_pixel_dice']:.4f}, sensitivity {metrics['val_sensitivity']:.4f}, "
         f"specificity {metrics['val_specificity']:.4f}",
@@ -68,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Inference        {inference_dir} on {inference['input']}",
         f"  {inference['processed']} images, {inference['positive']} with a predicted pneumothorax, "
         f"{inference['errors']} errors, {inference['seconds_per_image']} s per image",
-        "  submission.csv (competition format), masks/ (PNG), seg/ (DICOM SEG), overlays/, summary.json, errors.csv",
+        "  submission.csv (competition format), predictions.csv and worklist.csv (probability, area), masks/ (PNG),",
+        "  seg/ (DICOM SEG), overlays/, summary.json, errors.csv",
     ]
     print("\n".join(lines))
     return 0

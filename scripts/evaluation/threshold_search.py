@@ -1,9 +1,11 @@
-"""Grid search of the triplet thresholds (``scripts.evaluation.triplet``) on a validation set; the grid is
+"""Grid search of the triplet thresholds (``scripts.evaluation.triplet``), jointly with the image gate's
+threshold (``scripts.inference.gating``) when the probabilities carry a gate, on a validation set; the grid is
 ``triplet_grid`` in ``configs/evaluate.json``.
 
 One pass over the data keeps, per image, only the numbers every grid point needs: the count of pixels above each
-``top``, and the intersection with the truth and the predicted area above each ``bottom``. Any (top, min_area,
-bottom) is then scored exactly, without keeping a single probability map.
+``top``, the intersection with the truth and the predicted area above each ``bottom``, and the gate's probability.
+Any (top, min_area, bottom, gate) is then scored exactly, without keeping a single probability map. Gate 0 is
+"no gate", so the best score without the gate comes from the same search.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import itertools
 import logging
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from monai.handlers import IgniteMetricHandler
@@ -22,66 +25,99 @@ from scripts.utils.distributed import is_main_process
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TripletSearchMetric", "TripletSearchHandler"]
+__all__ = ["SearchRow", "TripletSearchMetric", "TripletSearchHandler"]
+
+#: The gate thresholds searched when none are given: 0 (no gate) and 0.1 to 0.9.
+DEFAULT_GATES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class SearchRow(NamedTuple):
+    """One grid point: the triple, the gate threshold (0: no gate) and the competition Dice they reach."""
+
+    triplet: Triplet
+    gate: float
+    score: float
 
 
 class TripletSearchMetric(CumulativeIterationMetric):
-    """Collects per-image statistics of probability maps and finds the triple with the best competition Dice.
+    """Collects per-image statistics of probability maps and finds the triple (and gate threshold) with the best
+    competition Dice.
 
-    Called like other MONAI metrics with ``(y_pred=probabilities, y=labels)``, batches ``(B, 1, ...)``.
-    :meth:`aggregate` returns the best score; :meth:`table` every grid point's score; :meth:`best` the triple.
+    Called like other MONAI metrics with ``(y_pred=probabilities, y=labels)``, batches ``(B, 1, ...)``, or
+    ``(B, 2, ...)`` with the image gate's probability as channel 1 (``scripts.inference.gating``: the mask is
+    emptied where the gate's largest value is below the gate threshold). :meth:`aggregate` returns the best score;
+    :meth:`table` every grid point's; :meth:`best` the best row, and ``best(gate=False)`` the best without a gate.
     """
 
-    def __init__(self, tops: Sequence[float], min_areas: Sequence[float], bottoms: Sequence[float]) -> None:
+    def __init__(
+        self, tops: Sequence[float], min_areas: Sequence[float], bottoms: Sequence[float], gates: Sequence[float] = DEFAULT_GATES
+    ) -> None:
         super().__init__()
         self.tops, self.min_areas, self.bottoms = tuple(tops), tuple(min_areas), tuple(bottoms)
+        self.gates = tuple(sorted({0.0, *(float(gate) for gate in gates)}))
         for name, values in (("tops", self.tops), ("min_areas", self.min_areas), ("bottoms", self.bottoms)):
             if not values:
                 raise ValueError(f"TripletSearchMetric: {name} must not be empty")
+        if not all(0.0 <= gate <= 1.0 for gate in self.gates):
+            raise ValueError(f"TripletSearchMetric: gate thresholds lie in [0, 1], got {gates}")
+        self.gated = False
+
+    def reset(self) -> None:
+        super().reset()
+        self.gated = False
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
+        if y_pred.ndim >= 2 and y_pred.shape[1] == 2:  # channel 1: the image gate's probability
+            self.gated = True
+            gate = y_pred[:, 1].flatten(1).amax(dim=1).double()
+            y_pred = y_pred[:, :1]
+        else:
+            gate = torch.ones(y_pred.shape[0], dtype=torch.float64, device=y_pred.device)
         if y is None or y_pred.shape != y.shape:
-            raise ValueError("TripletSearchMetric needs probabilities and labels of the same shape")
+            raise ValueError("TripletSearchMetric needs probabilities (and optionally the gate's) and labels of one shape")
         prob = y_pred.flatten(1).float()
         truth = (y > 0.5).flatten(1)
         scale = torch.full((prob.shape[0],), prob.shape[1] / REFERENCE_PIXELS, device=prob.device)
-        columns = [scale, truth.sum(1)]
+        columns = [gate, scale, truth.sum(1)]
         columns += [(prob > top).sum(1) for top in self.tops]
         for bottom in self.bottoms:
             above = prob > bottom
             columns += [(above & truth).sum(1), above.sum(1)]
         return torch.stack([c.double() for c in columns], dim=1)
 
-    def table(self) -> list[tuple[Triplet, float]]:
-        """``(triple, competition Dice)`` for every grid point, best first."""
+    def table(self) -> list[SearchRow]:
+        """Every grid point's row, best first (the gate thresholds only when the probabilities carried a gate)."""
         stats = self.get_buffer()
         if not isinstance(stats, torch.Tensor) or stats.numel() == 0:
             return []
-        stats = stats.reshape(-1, 2 + len(self.tops) + 2 * len(self.bottoms))
-        scale, true = stats[:, 0], stats[:, 1]
+        stats = stats.reshape(-1, 3 + len(self.tops) + 2 * len(self.bottoms))
+        gate, scale, true = stats[:, 0], stats[:, 1], stats[:, 2]
         rows = []
-        for (t, top), min_area, (b, bottom) in itertools.product(
-            enumerate(self.tops), self.min_areas, enumerate(self.bottoms)
+        for (t, top), min_area, (b, bottom), threshold in itertools.product(
+            enumerate(self.tops), self.min_areas, enumerate(self.bottoms), self.gates if self.gated else (0.0,)
         ):
-            confident = stats[:, 2 + t]
-            intersection = stats[:, 2 + len(self.tops) + 2 * b]
-            predicted = stats[:, 3 + len(self.tops) + 2 * b]
-            predicted = torch.where(confident < min_area * scale, torch.zeros_like(predicted), predicted)
+            confident = stats[:, 3 + t]
+            intersection = stats[:, 3 + len(self.tops) + 2 * b]
+            predicted = stats[:, 4 + len(self.tops) + 2 * b]
+            empty = (confident < min_area * scale) | (gate < threshold)
+            predicted = torch.where(empty, torch.zeros_like(predicted), predicted)
             intersection = torch.where(predicted == 0, torch.zeros_like(intersection), intersection)
             total = predicted + true
             dice = torch.where(total == 0, torch.ones_like(total), 2 * intersection / total.clamp(min=1))
-            rows.append((Triplet(top=top, min_area=min_area, bottom=bottom), float(dice.mean())))
-        return sorted(rows, key=lambda row: -row[1])
+            rows.append(SearchRow(Triplet(top=top, min_area=min_area, bottom=bottom), threshold, float(dice.mean())))
+        # equal scores (to rounding): the lower gate threshold first, i.e. no gate unless it helps
+        return sorted(rows, key=lambda row: (-round(row.score, 9), row.gate))
 
-    def best(self) -> tuple[Triplet, float]:
-        rows = self.table()
+    def best(self, gate: bool = True) -> SearchRow:
+        """The best row; with ``gate`` False the best with the gate off (threshold 0)."""
+        rows = [row for row in self.table() if gate or row.gate == 0.0]
         if not rows:
             raise ValueError("TripletSearchMetric: no images seen")
         return rows[0]
 
     def aggregate(self) -> torch.Tensor:  # type: ignore[override]
         rows = self.table()
-        return torch.tensor(rows[0][1] if rows else float("nan"))
+        return torch.tensor(rows[0].score if rows else float("nan"))
 
 
 class TripletSearchHandler(IgniteMetricHandler):
@@ -90,7 +126,10 @@ class TripletSearchHandler(IgniteMetricHandler):
     Args:
         output_path: where to save the triple (inference reads it from there); written atomically by rank 0.
         output_transform: as for other ignite metric handlers, giving ``(probabilities, labels)``.
-        tops, min_areas, bottoms: the grid.
+        tops, min_areas, bottoms, gates: the grid.
+
+    The file holds the best triple, its ``gate`` threshold (0: no gate), ``competition_dice``, the best
+    ``competition_dice_without_gate`` and every grid point as ``[top, min_area, bottom, min_component, gate, score]``.
     """
 
     def __init__(
@@ -99,16 +138,24 @@ class TripletSearchHandler(IgniteMetricHandler):
         tops: Sequence[float],
         min_areas: Sequence[float],
         bottoms: Sequence[float],
+        gates: Sequence[float] = DEFAULT_GATES,
         output_transform=lambda x: x,
     ) -> None:
         self.output_path = output_path
-        self.search = TripletSearchMetric(tops=tops, min_areas=min_areas, bottoms=bottoms)
+        self.search = TripletSearchMetric(tops=tops, min_areas=min_areas, bottoms=bottoms, gates=gates)
         super().__init__(metric_fn=self.search, output_transform=output_transform, save_details=False)
 
     def compute(self):
         rows = self.search.table()
         if rows and is_main_process():
-            triplet, score = rows[0]
-            save_triplet(self.output_path, triplet, competition_dice=score, grid=[[*vars(t).values(), s] for t, s in rows])
-            logger.info("best triplet %s: competition Dice %.4f -> %s", triplet, score, self.output_path)
+            best, ungated = self.search.best(), self.search.best(gate=False)
+            grid = [[*vars(row.triplet).values(), row.gate, row.score] for row in rows]
+            save_triplet(
+                self.output_path, best.triplet, gate=best.gate, competition_dice=best.score,
+                competition_dice_without_gate=ungated.score, grid=grid,
+            )  # fmt: skip
+            logger.info(
+                "best triplet %s, gate %s: competition Dice %.4f (%.4f without the gate) -> %s",
+                best.triplet, best.gate, best.score, ungated.score, self.output_path,
+            )  # fmt: skip
         return super().compute()

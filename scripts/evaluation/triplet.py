@@ -28,7 +28,7 @@ from scripts.utils.files import write_json
 
 REFERENCE_PIXELS = 1024 * 1024
 
-__all__ = ["Triplet", "TripletThreshold", "TripletThresholdd", "load_triplet", "save_triplet"]
+__all__ = ["Triplet", "TripletThreshold", "TripletThresholdd", "load_gate", "load_triplet", "save_triplet"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,21 @@ def load_triplet(path: str | os.PathLike, default: Mapping) -> dict:
         return asdict(Triplet(**{key: saved[key] for key in ("top", "min_area", "bottom", "min_component") if key in saved}))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: not a valid thresholds file: {error}") from error
+
+
+def load_gate(path: str | os.PathLike, default: float) -> float:
+    """The image gate's threshold saved by evaluation at ``path`` (``gate``, 0 for no gate), or ``default`` (the
+    config's ``gate_threshold``) if no file is there or it predates the gate."""
+    path = Path(path)
+    if not path.is_file():
+        return float(default)
+    try:
+        gate = float(json.loads(path.read_text(encoding="utf-8")).get("gate", default))
+    except (ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a valid thresholds file: {error}") from error
+    if not 0.0 <= gate <= 1.0:
+        raise ValueError(f"{path}: the gate threshold {gate} is not in [0, 1]")
+    return gate
 
 
 def _drop_small_components(mask, min_pixels: float):

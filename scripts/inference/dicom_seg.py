@@ -48,8 +48,12 @@ def write_segmentation(
     mask: np.ndarray,
     algorithm_name: str | None = None,
     algorithm_version: str | None = None,
+    description: str | None = None,
 ) -> list[str]:
     """Write ``mask`` (image orientation ``(rows, cols)``, non-zero = pneumothorax) as a binary DICOM SEG.
+
+    ``description`` becomes the segment's Segment Description (0062,0006), e.g. the image-level probability
+    inference puts there (at most 64 characters, the attribute's LO limit).
 
     ``source`` is the radiograph's dataset (pixel data not needed). The SEG gets a new series in the source's
     study; it is written atomically. The algorithm is the bundle (:func:`~scripts.utils.metadata.bundle_identity`)
@@ -82,6 +86,10 @@ def write_segmentation(
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=algorithm,
     )
+    if description:
+        if len(description) > 64 or "\\" in description:
+            raise ValueError(f"segment description {description!r}: at most 64 characters, no backslash")
+        segment.SegmentDescription = description
     # A projection radiograph has no frame of reference; highdicom would still copy its PixelSpacing into a Pixel
     # Measures sequence without SliceThickness, which highdicom itself then refuses to read back. The SEG is tied
     # to its source pixel for pixel (same Rows x Columns, spatial locations preserved), so it needs no spacing.

@@ -2,7 +2,9 @@
 
 * :class:`AveragedProbabilities`: checkpoints and/or horizontal-flip TTA averaged as probabilities, as the top SIIM
   solutions did; it returns the logit of the mean probability, so the usual ``sigmoid`` post-processing (and
-  everything built on the raw network, like MONAI Label) stays the same.
+  everything built on the raw network, like MONAI Label) stays the same. Members with an image-level head
+  (``scripts.networks.image_head``) also give the mean of their image probabilities as channel 1; members without
+  one count for the mask only.
 """
 
 from __future__ import annotations
@@ -82,16 +84,22 @@ class AveragedProbabilities(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if len(self.networks) == 1 and not self.flip_tta:
             return self.networks[0](x)
-        total = None
+        mask, gate, gate_weight = None, None, 0.0
         # MONAI-loaded radiographs are (cols, rows): the image's left-right axis is spatial dim 0, tensor dim 2.
         views = [(x, None)] + ([(torch.flip(x, dims=(2,)), (2,))] if self.flip_tta else [])
         for network, weight in zip(self.networks, self.weights):
             for view, flipped in views:
                 prob = torch.sigmoid(network(view).float())
                 prob = torch.flip(prob, dims=flipped) if flipped else prob
-                prob = prob * (weight / len(views))
-                total = prob if total is None else total + prob
-        return torch.logit(total, eps=self.eps)
+                share = weight / len(views)
+                mask = prob[:, :1] * share if mask is None else mask + prob[:, :1] * share
+                if prob.shape[1] == 2:  # a member with an image head (scripts.networks.image_head): its gate
+                    gate = prob[:, 1:] * share if gate is None else gate + prob[:, 1:] * share
+                    gate_weight += share
+        logits = torch.logit(mask, eps=self.eps)
+        if gate is None:
+            return logits
+        return torch.cat([logits, torch.logit(gate / gate_weight, eps=self.eps)], dim=1)
 
 
 def _normalised(weights: Sequence[float] | None, count: int) -> list[float]:

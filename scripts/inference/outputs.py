@@ -3,7 +3,7 @@
 
 * ``masks/<ImageId>.png``: the mask, 0/255 uint8, the DICOM's rows x columns;
 * ``seg/<ImageId>.dcm``: a DICOM Segmentation referencing the source image (positive images only,
-  ``scripts.inference.dicom_seg``);
+  ``scripts.inference.dicom_seg``), the image's probability in its Segment Description;
 * ``overlays/<ImageId>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``).
 
 :func:`write_image_files` runs in a writer process (``scripts.inference.writer_pool``): its arguments are plain
@@ -37,12 +37,13 @@ def write_image_files(
     masks: bool,
     seg: bool,
     overlay: np.ndarray | None,
+    probability: float | None = None,
 ) -> tuple[str | None, object]:
     """Write one image's files: the mask PNG, the DICOM SEG of a positive image, the overlay.
 
     ``packed`` is ``np.packbits`` of the mask in MONAI's orientation ``(cols, rows)``, contiguous as the network wrote
     it; ``shape`` the mask's ``(rows, cols)`` in image orientation; ``overlay`` the uint8 image to outline it on, or
-    None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
+    None; ``probability`` the image's (``scripts.inference.gating``), written into the SEG. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
     keeps its row), or ``(None, reason)`` when the mask itself could not be written.
     """
     try:
@@ -55,7 +56,7 @@ def write_image_files(
         return None, error_reason(error)
     problems = []
     if seg and mask.any():
-        problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask)
+        problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask, probability)
     if overlay is not None:
         problems += _attempt("overlay", _write_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
     return encoded, problems
@@ -71,11 +72,12 @@ def _attempt(what: str, function, *args) -> list[str]:
     return [f"{what}: {problem}" for problem in problems]
 
 
-def _write_seg(path: Path, source_path: str, mask: np.ndarray) -> list[str]:
+def _write_seg(path: Path, source_path: str, mask: np.ndarray, probability: float | None) -> list[str]:
     from scripts.inference.dicom_seg import write_segmentation
 
     source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    return write_segmentation(path, source, mask)
+    description = f"pneumothorax probability {probability:.3f}" if probability is not None else None
+    return write_segmentation(path, source, mask, description=description)
 
 
 def _write_overlay(path: Path, overlay: np.ndarray, mask: np.ndarray) -> list[str]:

@@ -9,7 +9,8 @@ Everything is written into a staging folder and replaces ``output_dir``'s conten
 fails leaves it as it was.
 
 Once the run completes: ``submission.csv`` (``ImageId,EncodedPixels``, one row per image, ``-1`` when empty,
-exactly the competition's submission format), ``errors.csv`` (file, reason) and ``summary.json`` (counts,
+exactly the competition's submission format), ``predictions.csv`` and ``worklist.csv`` (each image's probability and
+predicted area, in input order and by probability: ``scripts.inference.predictions``), ``errors.csv`` (file, reason) and ``summary.json`` (counts,
 positives, time per image, the thresholds and checkpoints used). Every file is written atomically; an error on one
 image is recorded and the next image goes on.
 """
@@ -29,8 +30,10 @@ from ignite.engine import Engine, Events
 
 from scripts.data.labels import to_image_orientation
 from scripts.inference.engine import ERROR_KEY, PATH_KEY, SKIP_KEY
+from scripts.inference.gating import GATED_KEY, IMAGE_PROB_KEY
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
 from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
+from scripts.inference.predictions import ImagePrediction, write_predictions
 from scripts.inference.result_folder import ResultFolder
 from scripts.inference.writer_pool import WriterPool
 from scripts.siim import rle
@@ -43,7 +46,9 @@ from scripts.utils.flags import switches
 __all__ = ["RESULT_NAMES", "InferenceWriter"]
 
 #: What a run writes into its output folder, and all that ``--overwrite true`` will replace.
-RESULT_NAMES = ("submission.csv", "errors.csv", "skipped.csv", "summary.json", *OUTPUT_FOLDERS)
+RESULT_NAMES = (
+    "submission.csv", "predictions.csv", "worklist.csv", "errors.csv", "skipped.csv", "summary.json", *OUTPUT_FOLDERS,
+)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class InferenceWriter:
 
     def _reset(self) -> None:
         self.rows: list[tuple[str, str]] = []
+        self.predictions: list[ImagePrediction] = []
+        self.gated = 0
         self.errors: list[tuple[str, str]] = []
         self.skipped: list[tuple[str, str]] = []
         self.failed_inputs = 0
@@ -177,22 +184,25 @@ class InferenceWriter:
         if mask.shape != (rows, cols):
             raise ValueError(f"prediction shape {mask.shape} differs from the DICOM's (Rows, Columns) {(rows, cols)}")
         self.seen[image_id] = path
+        probability = _probability(item)
+        self.gated += bool(item.get(GATED_KEY, False))
         overlay = None
         if self.overlays:
             overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
         job = (
             str(self.workdir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
-            self.masks, self.seg, overlay,
+            self.masks, self.seg, overlay, probability,
         )  # fmt: skip
-        self._record(self.pool.submit((image_id, path), job))
+        self._record(self.pool.submit((image_id, path, probability, int(mask.sum())), job))
 
     def _record(self, finished) -> None:
         """Turn finished writes into rows and errors, in input order."""
-        for (image_id, path), (encoded, problems) in finished:
+        for (image_id, path, probability, area), (encoded, problems) in finished:
             if encoded is None:  # the mask itself was not written: ``problems`` is the reason
                 self._lose_image(path, problems)
                 continue
             self.rows.append((image_id, encoded))
+            self.predictions.append(ImagePrediction(image_id, probability, area))
             for reason in problems:
                 logger.warning("%s: %s", path, reason)
                 self.errors.append((path, reason))
@@ -211,6 +221,7 @@ class InferenceWriter:
         self._record(self.pool.drain())
         self.pool.close()
         write_rle_csv(self.workdir / "submission.csv", self.rows, style="stage2")
+        write_predictions(self.workdir, self.predictions)
         write_reasons_csv(self.workdir / "errors.csv", self.errors)
         write_reasons_csv(self.workdir / "skipped.csv", self.skipped)
         elapsed = time.perf_counter() - self._started
@@ -229,8 +240,11 @@ class InferenceWriter:
             "seconds_total": round(elapsed, 3),
             "seconds_per_image": round(float(np.mean(self.seconds)), 4) if self.seconds else None,
             "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
+            "probability": "the image gate's" if self.gated else "the mask's largest pixel probability (no image gate)",
             "outputs": {
                 "submission": "submission.csv",
+                "predictions": "predictions.csv",
+                "worklist": "worklist.csv",
                 "errors": "errors.csv",
                 "skipped": "skipped.csv",
                 "masks": "masks/" if self.masks else None,
@@ -253,6 +267,20 @@ class InferenceWriter:
             self.output_dir,
         )
         return summary
+
+
+def _probability(item: dict) -> float:
+    """The image's probability as the post-processing gave it (``scripts.inference.gating.ImageGated``).
+
+    Raises:
+        ValueError: the post-processing gave none, or not a number in [0, 1].
+    """
+    if IMAGE_PROB_KEY not in item:
+        raise ValueError("the post-processing gave no image probability (scripts.inference.gating.ImageGated)")
+    probability = float(item[IMAGE_PROB_KEY])
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"image probability {probability} is not in [0, 1]")
+    return probability
 
 
 def _terminate(signum, frame) -> None:

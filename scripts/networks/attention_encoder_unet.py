@@ -17,6 +17,7 @@ from monai.networks.nets.attentionunet import AttentionBlock
 from torch.nn import functional
 
 from scripts.networks.encoders import backbone_encoder
+from scripts.networks.image_head import image_head_for, with_image_logit
 
 __all__ = ["AttentionEncoderUNet"]
 
@@ -46,6 +47,8 @@ class AttentionEncoderUNet(torch.nn.Module):
         backbone: a ``FlexibleUNet`` backbone name (``resnet34-imagenet``, ``seresnext50``, ``efficientnet-b0``...).
         pretrained: start the encoder from ImageNet weights (downloaded; ``encoder_weights`` loads a saved file).
         decoder_channels: the widths of the four gated stages and of the full-resolution stage.
+        image_head: also return an image-level logit from the deepest features as channel 1
+            (``scripts.networks.image_head``).
     """
 
     def __init__(
@@ -56,6 +59,7 @@ class AttentionEncoderUNet(torch.nn.Module):
         backbone: str = "resnet34-imagenet",
         pretrained: bool = False,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        image_head: bool = False,
     ) -> None:
         super().__init__()
         if len(decoder_channels) != 5:
@@ -71,6 +75,7 @@ class AttentionEncoderUNet(torch.nn.Module):
             Convolution(spatial_dims, widths[5], widths[5], kernel_size=3, norm="batch", act="relu"),
         )
         self.head = Convolution(spatial_dims, widths[5], out_channels, kernel_size=1, conv_only=True)
+        self.image_head = image_head_for("AttentionEncoderUNet", image_head, skips[-1], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
@@ -78,4 +83,7 @@ class AttentionEncoderUNet(torch.nn.Module):
         for index, stage in enumerate(self.stages):
             y = stage(y, features[3 - index])
         y = functional.interpolate(y, size=x.shape[2:], mode="nearest")
-        return self.head(self.full_resolution(y))
+        mask_logits = self.head(self.full_resolution(y))
+        if self.image_head is not None:
+            return with_image_logit(mask_logits, self.image_head(features[4]))
+        return mask_logits

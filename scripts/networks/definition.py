@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from scripts.utils.distributed import unwrap
+from scripts.utils.flags import as_flag
 
 __all__ = [
     "ENCODER_WEIGHTS",
@@ -46,10 +47,12 @@ RECORD_KEY = "network"
 IMAGE_SIZE_KEY = "image_size"
 #: The definition key naming a saved encoder state dict to start from.
 ENCODER_WEIGHTS = "encoder_weights"
+#: The definition key asking for an image-level head (``scripts.networks.image_head``).
+IMAGE_HEAD_KEY = "image_head"
 
 
 #: Keys of a definition that describe it and are not arguments of the network.
-_NOT_ARGUMENTS = ("target", "_desc_", ENCODER_WEIGHTS)
+_NOT_ARGUMENTS = ("target", "_desc_", ENCODER_WEIGHTS, IMAGE_HEAD_KEY)
 #: Each network :func:`build_network` built -> the definition a checkpoint of it records.
 _DEFINITIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -58,6 +61,8 @@ def build_network(config: Mapping, **unexpected) -> torch.nn.Module:
     """The network ``config`` defines: ``target`` (a MONAI network's name, as bundle configs name a ``_target_``,
     or a dotted path) called with the other keys as they are (no ``$`` / ``@`` / ``#`` parsing of the values).
 
+    ``image_head: true`` asks for the network with an image-level head (``scripts.networks.image_head``: MONAI's
+    ``FlexibleUNet`` and ``AttentionUnet`` become their gated subclasses; networks of our own take the argument).
     ``encoder_weights`` (a path) is not an argument of the network: after building, that state dict is loaded into
     the network's ``encoder`` (``FlexibleUNet``'s), which is how pretrained encoders reach offline machines
     (:func:`load_encoder_weights`). The network remembers its definition (:func:`definition_of`), which training
@@ -69,6 +74,7 @@ def build_network(config: Mapping, **unexpected) -> torch.nn.Module:
             older ``--network_def#<argument>`` override becomes.
     """
     import scripts.networks.encoders  # noqa: F401  (registers the FlexibleUNet backbones MONAI lacks)
+    from scripts.networks.image_head import gated_target
 
     _refuse_network_def_overrides(unexpected)
     if not isinstance(config, Mapping) or not isinstance(config.get("target"), str):
@@ -80,6 +86,8 @@ def build_network(config: Mapping, **unexpected) -> torch.nn.Module:
         raise ValueError(f"network {config['target']}: its definition is not plain JSON data ({error})") from None
     arguments = copy.deepcopy({key: value for key, value in config.items() if key not in _NOT_ARGUMENTS})
     target = _locate(config["target"])
+    if recorded.get(IMAGE_HEAD_KEY):
+        target, arguments[IMAGE_HEAD_KEY] = gated_target(target, config["target"]), True
     try:
         network = target(**arguments)
     except Exception as error:
@@ -175,6 +183,11 @@ def recorded_definition(config: Mapping) -> dict:
     recorded = {key: copy.deepcopy(value) for key, value in config.items() if key != ENCODER_WEIGHTS}
     if recorded.get("pretrained"):
         recorded["pretrained"] = False
+    if IMAGE_HEAD_KEY in recorded:  # "true" from the command line is recorded as the bool it means
+        try:
+            recorded[IMAGE_HEAD_KEY] = as_flag(recorded[IMAGE_HEAD_KEY], "image_head")
+        except ValueError as error:
+            raise ValueError(f"network {config.get('target')}: {error}") from None
     return recorded
 
 

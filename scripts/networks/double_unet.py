@@ -23,6 +23,7 @@ from monai.networks.blocks import ChannelSELayer, Convolution, SimpleASPP
 from torch.nn import functional
 
 from scripts.networks.encoders import backbone_encoder
+from scripts.networks.image_head import image_head_for, with_image_logit
 
 __all__ = ["DoubleUNet"]
 
@@ -70,6 +71,8 @@ class DoubleUNet(torch.nn.Module):
             full-resolution stage.
         encoder2_channels: the widths of network 2's encoder blocks at strides 1, 2, 4, 8; its decoder mirrors them.
         aspp_channels: the widths of network 1's and network 2's ASPP outputs (multiples of 4).
+        image_head: also return an image-level logit from network 1's deepest features as channel 1
+            (``scripts.networks.image_head``).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class DoubleUNet(torch.nn.Module):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         encoder2_channels: Sequence[int] = (32, 64, 128, 256),
         aspp_channels: Sequence[int] = (256, 256),
+        image_head: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims != 2:
@@ -112,6 +116,7 @@ class DoubleUNet(torch.nn.Module):
             for index in range(4)
         )
         self.head2 = Convolution(spatial_dims, widths2[0], out_channels, kernel_size=1, conv_only=True)
+        self.image_head = image_head_for("DoubleUNet", image_head, skips[-1], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encoder(x)
@@ -130,4 +135,6 @@ class DoubleUNet(torch.nn.Module):
         skips1 = [features[2], features[1], features[0]]
         for index, stage in enumerate(self.decoder2):
             z = stage(z, [skips2[3 - index], skips1[index]] if index < 3 else [skips2[0]])
+        if self.image_head is not None:
+            return with_image_logit(self.head2(z), self.image_head(features[4]))
         return self.head2(z)

@@ -44,7 +44,9 @@ class ConvertOnDevice(PrepareBatch):
         image, label = self.transform(batchdata, image, label)
         if kwargs:  # any other ``to_kwargs`` (e.g. a dtype) apply to the converted batch
             image, label = image.to(**kwargs), label.to(**kwargs)
-        return image.contiguous(memory_format=memory_format), label.contiguous(memory_format=memory_format)
+        if label.dim() == image.dim():  # a label map; an image-level label (B, 1) has no layout
+            label = label.contiguous(memory_format=memory_format)
+        return image.contiguous(memory_format=memory_format), label
 
     def convert(self, batchdata: Mapping, device, non_blocking: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The batch's image and label on ``device`` as float32."""
@@ -62,8 +64,9 @@ class ConvertOnDevice(PrepareBatch):
 
 class AugmentOnDevice(ConvertOnDevice):
     """``prepare_batch`` for MONAI's ``SupervisedTrainer``: :class:`ConvertOnDevice`, then the batch's
-    :class:`~scripts.training.augmentation.AugmentationParamsd` parameters applied on the device. A batch without
-    parameters is only moved and converted.
+    :class:`~scripts.training.augmentation.AugmentationParamsd` parameters applied on the device, to the image and
+    to a label map alike (an image-level label, ``(B, 1)``, stays as it is). A batch without parameters is only
+    moved and converted.
 
     Args:
         image_key, label_key, packed_label: as :class:`ConvertOnDevice`.
@@ -81,4 +84,6 @@ class AugmentOnDevice(ConvertOnDevice):
         if params is None:
             return image, label
         seed = int(params["noise_seed"].sum()) % (2**63 - 1)  # a CPU tensor: no device sync
+        if label.dim() != image.dim():  # an image-level label (the classifier's): nothing of it to move
+            return augment_batch(image, None, params, noise_seed=seed)[0], label
         return augment_batch(image, label, params, noise_seed=seed)
