@@ -176,15 +176,21 @@ def test_a_classifier_trained_on_nih_pngs_evaluates_on_the_test_list_and_gates_i
     from tests.helpers import BrightnessNet
 
     torch.save(BrightnessNet().state_dict(), weights / "model.pt")
-    out = tmp_path / "out"
-    run_bundle(["run", "--config_file", config_files(COMMON, "configs/inference.json", "tests/configs/inference_brightness.json"),
-                "--meta_file", "configs/metadata.json", "--dataset_dir", str(tiny_siim / "dicom-images-test"),
-                "--output_dir", str(out), "--ckpt_dir", str(weights), "--gate_checkpoints", json.dumps([str(models / "model.pt")]),
-                "--gate_threshold", "1.0"])  # fmt: skip
-    rows = list(csv.reader((out / "predictions.csv").read_text().splitlines()[1:]))
-    assert len(rows) == len(list((tiny_siim / "dicom-images-test").rglob("*.dcm"))) and rows
-    assert all(0.0 <= float(probability) < 1.0 and area == "0" and positive == "no" for _, probability, area, positive in rows)
-    summary = json.loads((out / "summary.json").read_text())
+
+    def infer(out, threshold):
+        run_bundle(["run", "--config_file", config_files(COMMON, "configs/inference.json", "tests/configs/inference_brightness.json"),
+                    "--meta_file", "configs/metadata.json", "--dataset_dir", str(tiny_siim / "dicom-images-test"),
+                    "--output_dir", str(out), "--ckpt_dir", str(weights), "--gate_checkpoints", json.dumps([str(models / "model.pt")]),
+                    "--gate_threshold", threshold])  # fmt: skip
+        return list(csv.reader((out / "predictions.csv").read_text().splitlines()[1:]))
+
+    kept, emptied = infer(tmp_path / "kept", "0.0"), infer(tmp_path / "emptied", "1.0")
+    assert len(kept) == len(list((tiny_siim / "dicom-images-test").rglob("*.dcm"))) and kept
+    assert any(positive == "yes" for *_, positive in kept)  # gate 0: the bright = positive masks stay
+    assert all(area == "0" and positive == "no" for _, _, area, positive in emptied)  # gate 1: every mask emptied
+    assert [row[:2] for row in kept] == [row[:2] for row in emptied]  # the same classifier probabilities
+    assert all(0.0 <= float(probability) < 1.0 for _, probability, _, _ in kept)
+    summary = json.loads((tmp_path / "kept" / "summary.json").read_text())
     assert summary["probability"] == "the image gate's" and summary["gate_checkpoints"] == [str(models / "model.pt")]
 
 

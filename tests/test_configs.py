@@ -107,3 +107,15 @@ def test_inference_prefers_the_tuned_thresholds_and_an_explicit_override_beats_b
     assert (forced.top, forced.min_area, forced.bottom) == (0.9, 0, 0.5)
     (tmp_path / "thresholds.json").unlink()
     assert used().top == 0.75 and used(triplet={"top": 0.9, "min_area": 0, "bottom": 0.5}).top == 0.9
+
+
+def test_inference_takes_the_tuned_gate_threshold_else_gate_threshold_and_an_explicit_gate_beats_both(tmp_path):
+    def gate(**overrides):
+        parser = read(COMMON, "configs/inference.json")
+        parser.update({"ckpt_dir": str(tmp_path), **overrides})
+        return parser.get_parsed_content("postprocessing").transforms[1].threshold
+
+    (tmp_path / "thresholds.json").write_text(json.dumps({"top": 0.6, "min_area": 1000, "bottom": 0.4}))
+    assert gate() == 0.5 and gate(gate_threshold=0.7) == 0.7  # tuned without a gate: the config's threshold
+    (tmp_path / "thresholds.json").write_text(json.dumps({"top": 0.6, "min_area": 1000, "bottom": 0.4, "gate": 0.3}))
+    assert gate() == 0.3 and gate(gate_threshold=0.7) == 0.3 and gate(gate=0.8) == 0.8

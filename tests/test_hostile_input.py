@@ -269,7 +269,7 @@ def _items(folder, uids, positive=True):
         path = write_test_dicom(folder / f"{uid}.dcm", pixels, sop_instance_uid=uid, jpeg_quality=None)
         meta = {"filename_or_obj": str(path), "SOPInstanceUID": uid, "Rows": 60, "Columns": 40}
         pred = torch.from_numpy((mask.T[None] if positive else np.zeros((1, 40, 60))).astype(np.float32))
-        out.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred, "image_prob": 0.5})
+        out.append({"image": MetaTensor(pred.clone(), meta=meta), "pred": pred})
     return out
 
 

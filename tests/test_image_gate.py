@@ -52,8 +52,10 @@ def test_a_network_without_a_head_or_a_head_with_several_mask_channels_is_refuse
     unetplusplus = _family("unetplusplus")
     with pytest.raises(ValueError, match="UNetPlusPlus: has no image head"):
         build_network({**unetplusplus, "image_head": True})
-    with pytest.raises(ValueError, match="one mask channel, not out_channels 2"):
+    with pytest.raises(ValueError, match="out_channels 2; the bundle's networks give one pneumothorax logit"):
         build_network({**SMALL_ATTENTION, "out_channels": 2, "image_head": True})
+    with pytest.raises(ValueError, match="out_channels 2; the bundle's networks give one pneumothorax logit"):
+        build_network({**SMALL_ATTENTION, "out_channels": 2})  # two channels would be read as mask and gate
     with pytest.raises(ValueError, match="image_head must be true or false, got 'maybe'"):
         build_network({**SMALL_ATTENTION, "image_head": "maybe"})
     assert type(build_network({**SMALL_ATTENTION, "image_head": "true"})).__name__ == "GatedAttentionUnet"  # as typed
@@ -188,3 +190,27 @@ def test_an_ensemble_averages_the_mask_over_all_members_and_the_gate_over_those_
     assert out.shape == (1, 2, 4, 4)
     torch.testing.assert_close(out[:, 0], torch.full((1, 4, 4), 0.4))
     torch.testing.assert_close(out[:, 1], torch.full((1, 4, 4), 0.7))
+
+
+@pytest.mark.slow
+def test_a_headed_segmenter_trains_evaluates_with_the_gate_searched_and_infers_with_it(tiny_siim, tmp_path):
+    from tests.conftest import COMMON, TINY, config_files, run_bundle
+
+    common = ["--meta_file", "configs/metadata.json", "--dataset_dir", str(tiny_siim), "--ckpt_dir", str(tmp_path / "models")]
+    run_bundle(["run", "--config_file", config_files(COMMON, "configs/train.json", TINY), *common,
+                "--output_dir", str(tmp_path / "train"), "--network_config#image_head", "true", "--max_epochs", "1"])  # fmt: skip
+    assert json.loads((tmp_path / "models" / "model.json").read_text())["network"]["image_head"] is True
+    run_bundle(["run", "--config_file", config_files(COMMON, "configs/train.json", "configs/evaluate.json", TINY), *common,
+                "--output_dir", str(tmp_path / "eval")])  # fmt: skip
+    thresholds = json.loads((tmp_path / "models" / "thresholds.json").read_text())
+    assert 0.0 <= thresholds["gate"] <= 1.0 and thresholds["competition_dice"] >= thresholds["competition_dice_without_gate"]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "val_tuned_competition_dice_without_gate" in metrics["metrics"] and metrics["tuned_gate"] == thresholds["gate"]
+    out = tmp_path / "out"
+    run_bundle(["run", "--config_file", config_files(COMMON, "configs/inference.json"), "--meta_file", "configs/metadata.json",
+                "--dataset_dir", str(tiny_siim / "dicom-images-test"), "--output_dir", str(out),
+                "--ckpt_dir", str(tmp_path / "models"), "--roi_size", "[64,64]"])  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["probability"] == "the image gate's" and summary["gate_threshold"] == thresholds["gate"]
+    rows = (out / "predictions.csv").read_text().splitlines()[1:]
+    assert len(rows) == summary["processed"] and all(0.0 <= float(row.split(",")[1]) <= 1.0 for row in rows)

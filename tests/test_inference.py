@@ -365,6 +365,7 @@ def test_a_second_file_with_the_same_sop_instance_uid_is_an_error_not_a_second_r
     summary = writer.finish()
     assert summary["processed"] == 1 and summary["failed"] == 1
     assert (tmp_path / "submission.csv").read_text().splitlines() == ["ImageId,EncodedPixels", "1.2.3,-1"]
+    assert (tmp_path / "predictions.csv").read_text().splitlines()[1] == "1.2.3,0.100000,0,no"
     errors = (tmp_path / "errors.csv").read_text()
     assert "b.dcm" in errors and "already came from a.dcm" in errors
 
@@ -381,6 +382,22 @@ def test_writing_in_the_engine_thread_gives_the_same_files_as_the_writer_process
         for name in names:
             assert np.array_equal(np.asarray(Image.open(pooled / folder / name)), np.asarray(Image.open(tmp_path / folder / name)))
     assert summary["processed"] == json.loads((tmp_path / "summary.json").read_text())["processed"]
+
+
+def test_a_post_processing_without_an_image_probability_leaves_the_column_blank_and_loses_nothing(tmp_path):
+    from types import SimpleNamespace
+
+    from scripts.inference.writer import InferenceWriter
+
+    items, _ = _writer_items(tmp_path / "in")
+    for item in items:
+        del item["image_prob"]
+    writer = InferenceWriter(tmp_path / "out", seg=False)
+    writer(SimpleNamespace(state=SimpleNamespace(output=items)))
+    summary = writer.finish()
+    assert summary["processed"] == 3 and summary["errors"] == 0 and summary["probability"].startswith("none")
+    rows = list(csv.reader((tmp_path / "out" / "predictions.csv").read_text().splitlines()[1:]))
+    assert [probability for _, probability, _, _ in rows] == ["", "", ""] and all(positive == "yes" for *_, positive in rows)
 
 
 def _writer_items(tmp_path, n=3):

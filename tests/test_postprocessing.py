@@ -105,3 +105,4 @@ def test_search_handler_saves_the_best_triple(tmp_path):
     assert handler.compute() == pytest.approx(1.0)
     saved = json.loads((tmp_path / "thresholds.json").read_text())
     assert saved["bottom"] == 0.6 and saved["competition_dice"] == pytest.approx(1.0)
+    assert "gate" not in saved  # no gate was tuned: inference keeps its own gate_threshold

@@ -128,8 +128,9 @@ class TripletSearchHandler(IgniteMetricHandler):
         output_transform: as for other ignite metric handlers, giving ``(probabilities, labels)``.
         tops, min_areas, bottoms, gates: the grid.
 
-    The file holds the best triple, its ``gate`` threshold (0: no gate), ``competition_dice``, the best
-    ``competition_dice_without_gate`` and every grid point as ``[top, min_area, bottom, min_component, gate, score]``.
+    The file holds the best triple, ``competition_dice`` and every grid point as ``[top, min_area, bottom,
+    min_component, gate, score]``; when the probabilities carried a gate, also its ``gate`` threshold (0: better
+    without) and the best ``competition_dice_without_gate``.
     """
 
     def __init__(
@@ -150,10 +151,9 @@ class TripletSearchHandler(IgniteMetricHandler):
         if rows and is_main_process():
             best, ungated = self.search.best(), self.search.best(gate=False)
             grid = [[*vars(row.triplet).values(), row.gate, row.score] for row in rows]
-            save_triplet(
-                self.output_path, best.triplet, gate=best.gate, competition_dice=best.score,
-                competition_dice_without_gate=ungated.score, grid=grid,
-            )  # fmt: skip
+            # a gate threshold only where there was a gate to tune: inference then keeps its own gate_threshold
+            gated = {"gate": best.gate, "competition_dice_without_gate": ungated.score} if self.search.gated else {}
+            save_triplet(self.output_path, best.triplet, competition_dice=best.score, **gated, grid=grid)
             logger.info(
                 "best triplet %s, gate %s: competition Dice %.4f (%.4f without the gate) -> %s",
                 best.triplet, best.gate, best.score, ungated.score, self.output_path,

@@ -76,10 +76,10 @@ class ImageClassifiers(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         total = None
-        for network, size in zip(self.networks, self.sizes):
+        for network, size, path in zip(self.networks, self.sizes, self.checkpoints):
             logits = network(resize_image(images, size).to(images.dtype))
             if logits.shape[1:] != (1,):
-                raise ValueError(f"gate classifier: one logit per image expected, got output {tuple(logits.shape)}")
+                raise ValueError(f"gate checkpoint {path}: one logit per image expected, got output {tuple(logits.shape)}")
             prob = torch.sigmoid(logits.float())
             total = prob if total is None else total + prob
         return total / len(self.networks)
@@ -133,7 +133,9 @@ class ImageGated(MapTransform):
         for key in self.key_iterator(d):
             prob = d[key]
             if prob.shape[0] not in (1, 2):
-                raise ValueError(f"{key}: a mask probability map and optionally the gate's, not {prob.shape[0]} channels")
+                image = d.get("image")
+                source = image.meta.get("filename_or_obj", "?") if hasattr(image, "meta") else "?"
+                raise ValueError(f"{source}: {key} holds {prob.shape[0]} channels, not a mask probability map and optionally the gate's")
             gated = prob.shape[0] == 2
             image_prob = float(prob[1].max() if gated else prob[0].max()) if prob[0].numel() else 0.0
             mask = prob[:1]

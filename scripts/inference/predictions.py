@@ -1,8 +1,9 @@
 """The image-level results of an inference run, one row per image:
 
 * ``predictions.csv``, in input order: ``ImageId,probability,area_px,positive``: the image's probability of
-  pneumothorax (``scripts.inference.gating``: the gate's, or without a gate the mask's largest pixel probability),
-  the predicted mask's area in pixels of the image, and ``yes`` / ``no`` for a non-empty mask;
+  pneumothorax (``scripts.inference.gating``: the gate's, or without a gate the mask's largest pixel probability;
+  blank from a post-processing that gives none), the predicted mask's area in pixels of the image, and ``yes`` /
+  ``no`` for a non-empty mask;
 * ``worklist.csv``, the same rows sorted by probability, highest first (ties in input order): a triage list.
 """
 
@@ -24,7 +25,7 @@ COLUMNS = ("ImageId", "probability", "area_px", "positive")
 @dataclass(frozen=True)
 class ImagePrediction:
     image_id: str
-    probability: float
+    probability: float | None
     area_px: int
 
     @property
@@ -32,14 +33,16 @@ class ImagePrediction:
         return self.area_px > 0
 
     def row(self) -> tuple[str, str, str, str]:
-        return self.image_id, f"{self.probability:.6f}", str(self.area_px), "yes" if self.positive else "no"
+        shown = f"{self.probability:.6f}" if self.probability is not None else ""
+        return self.image_id, shown, str(self.area_px), "yes" if self.positive else "no"
 
 
 def write_predictions(folder: str | os.PathLike, predictions: Sequence[ImagePrediction]) -> None:
     """Write ``predictions.csv`` (input order) and ``worklist.csv`` (by probability) into ``folder``, atomically."""
     folder = Path(folder)
     write_csv(folder / "predictions.csv", COLUMNS, [p.row() for p in predictions])
-    ranked = sorted(predictions, key=lambda p: -p.probability)  # stable: ties keep input order
+    # stable: ties keep input order; images without a probability last
+    ranked = sorted(predictions, key=lambda p: -p.probability if p.probability is not None else float("inf"))
     write_csv(folder / "worklist.csv", COLUMNS, [p.row() for p in ranked])
 
 
@@ -62,6 +65,6 @@ def _parse(path: Path, rows: Iterable[list[str]]):
     for number, row in enumerate(rows, start=2):
         try:
             image_id, probability, area, _ = row
-            yield ImagePrediction(image_id, float(probability), int(area))
+            yield ImagePrediction(image_id, float(probability) if probability else None, int(area))
         except ValueError:
             raise ValueError(f"{path}, line {number}: not ImageId,probability,area_px,positive: {row}") from None

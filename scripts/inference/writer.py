@@ -183,8 +183,8 @@ class InferenceWriter:
         rows, cols = int(meta.get("Rows", mask.shape[0])), int(meta.get("Columns", mask.shape[1]))
         if mask.shape != (rows, cols):
             raise ValueError(f"prediction shape {mask.shape} differs from the DICOM's (Rows, Columns) {(rows, cols)}")
+        probability = _probability(item, path)
         self.seen[image_id] = path
-        probability = _probability(item)
         self.gated += bool(item.get(GATED_KEY, False))
         overlay = None
         if self.overlays:
@@ -240,7 +240,7 @@ class InferenceWriter:
             "seconds_total": round(elapsed, 3),
             "seconds_per_image": round(float(np.mean(self.seconds)), 4) if self.seconds else None,
             "images_per_second": round(processed / elapsed, 3) if elapsed > 0 else None,
-            "probability": "the image gate's" if self.gated else "the mask's largest pixel probability (no image gate)",
+            "probability": _probability_source(self.gated, self.predictions),
             "outputs": {
                 "submission": "submission.csv",
                 "predictions": "predictions.csv",
@@ -269,18 +269,26 @@ class InferenceWriter:
         return summary
 
 
-def _probability(item: dict) -> float:
-    """The image's probability as the post-processing gave it (``scripts.inference.gating.ImageGated``).
+def _probability(item: dict, path: str) -> float | None:
+    """The image's probability as the post-processing gave it (``scripts.inference.gating.ImageGated``), or None
+    from a post-processing without that step (``predictions.csv`` then leaves it blank).
 
     Raises:
-        ValueError: the post-processing gave none, or not a number in [0, 1].
+        ValueError: not a number in [0, 1], naming the image.
     """
-    if IMAGE_PROB_KEY not in item:
-        raise ValueError("the post-processing gave no image probability (scripts.inference.gating.ImageGated)")
+    if item.get(IMAGE_PROB_KEY) is None:
+        return None
     probability = float(item[IMAGE_PROB_KEY])
     if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"image probability {probability} is not in [0, 1]")
+        raise ValueError(f"{path}: image probability {probability} is not in [0, 1]")
     return probability
+
+
+def _probability_source(gated: int, predictions: list[ImagePrediction]) -> str:
+    """What ``predictions.csv``'s probability column holds, for ``summary.json``."""
+    if predictions and all(p.probability is None for p in predictions):
+        return "none (the post-processing gave no image probability)"
+    return "the image gate's" if gated else "the mask's largest pixel probability (no image gate)"
 
 
 def _terminate(signum, frame) -> None:

@@ -86,6 +86,11 @@ def build_network(config: Mapping, **unexpected) -> torch.nn.Module:
         raise ValueError(f"network {config['target']}: its definition is not plain JSON data ({error})") from None
     arguments = copy.deepcopy({key: value for key, value in config.items() if key not in _NOT_ARGUMENTS})
     target = _locate(config["target"])
+    if config.get("out_channels", 1) != 1:  # a second output channel means the image gate's (image_head)
+        raise ValueError(
+            f"network {config['target']}: out_channels {config['out_channels']}; the bundle's networks give one "
+            "pneumothorax logit (and, with image_head true, the image's as a second channel)"
+        )
     if recorded.get(IMAGE_HEAD_KEY):
         target, arguments[IMAGE_HEAD_KEY] = gated_target(target, config["target"]), True
     try:

@@ -3,7 +3,7 @@
 The layout, as NIH distributes it (``https://nihcc.app.box.com/v/ChestXray-NIHCC``) and as
 ``scripts.synthetic.nih`` writes a small one::
 
-    <data_dir>/Data_Entry_2017.csv      Image Index,Finding Labels,Follow-up #,Patient ID,...
+    <data_dir>/Data_Entry_2017.csv      Image Index,Finding Labels,Follow-up #,Patient ID,... (or _v2020.csv)
     <data_dir>/train_val_list.txt       the official training images, one name per line
     <data_dir>/test_list.txt            the official test images (patient-disjoint from train_val)
     <data_dir>/images/00000001_000.png  (or images_001/images/..., as the archives unpack)
@@ -36,6 +36,8 @@ __all__ = ["ENTRY_CSV", "NihReport", "build_nih_datalist", "find_images", "read_
 logger = logging.getLogger(__name__)
 
 ENTRY_CSV = "Data_Entry_2017.csv"
+#: The index's names, as NIH has shipped it (``_v2020`` in today's download).
+ENTRY_CSV_NAMES = ("Data_Entry_2017_v2020.csv", ENTRY_CSV)
 TRAIN_LIST, TEST_LIST = "train_val_list.txt", "test_list.txt"
 #: The columns the datalist needs; the file has more (age, sex, view, original size and spacing).
 _COLUMNS = ("Image Index", "Finding Labels", "Patient ID")
@@ -114,9 +116,10 @@ def build_nih_datalist(
     if n_folds < 2:
         raise ValueError(f"n_folds must be at least 2, got {n_folds}")
     data_dir = Path(data_dir)
-    if not (data_dir / ENTRY_CSV).is_file():
-        raise ValueError(f"{data_dir}: no {ENTRY_CSV}; is it an NIH ChestX-ray14 folder?")
-    entries = read_data_entry(data_dir / ENTRY_CSV)
+    found = [data_dir / name for name in ENTRY_CSV_NAMES if (data_dir / name).is_file()]
+    if not found:
+        raise ValueError(f"{data_dir}: no {' or '.join(ENTRY_CSV_NAMES)}; is it an NIH ChestX-ray14 folder?")
+    entries = read_data_entry(found[0])
     images, duplicates = find_images(data_dir)
     report = NihReport(
         rows_without_images=sorted(name for name in entries if name not in images),
@@ -125,7 +128,7 @@ def build_nih_datalist(
     )
     available = sorted(name for name in entries if name in images)
     if not available:
-        raise ValueError(f"{data_dir}: none of the {len(entries)} images of {ENTRY_CSV} found as PNG files under it")
+        raise ValueError(f"{data_dir}: none of the {len(entries)} images of {found[0].name} found as PNG files under it")
     test_names = set(_read_list(data_dir / TEST_LIST) or ())
     train_names = _read_list(data_dir / TRAIN_LIST)
     train_names = set(train_names) if train_names is not None else set(available) - test_names
