@@ -44,10 +44,13 @@ class BrightnessNet(torch.nn.Module):
 
     def __init__(self, gain: float = 40.0, **_: object) -> None:
         super().__init__()
-        self.gain = torch.nn.Parameter(torch.tensor(float(gain)))
+        self.conv = torch.nn.Conv2d(1, 1, kernel_size=1)  # a layer, for Grad-CAM to explain
+        with torch.no_grad():
+            self.conv.weight.fill_(float(gain))
+            self.conv.bias.fill_(-float(gain) / 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gain * (x - 0.5)
+        return self.conv(x)
 
 
 def image_loading(compact: bool = True) -> list:

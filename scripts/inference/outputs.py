@@ -4,7 +4,8 @@
 * ``masks/<ImageId>.png``: the mask, 0/255 uint8, the DICOM's rows x columns;
 * ``seg/<ImageId>.dcm``: a DICOM Segmentation referencing the source image (positive images only,
   ``scripts.inference.dicom_seg``), the image's probability in its Segment Description;
-* ``overlays/<ImageId>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``).
+* ``overlays/<ImageId>.png`` (optional): the image with the mask outlined (``scripts.inference.overlay``);
+* ``heatmaps/<ImageId>.png`` (optional): the image with its Grad-CAM heatmap blended (``scripts.inference.heatmaps``).
 
 :func:`write_image_files` runs in a writer process (``scripts.inference.writer_pool``): its arguments are plain
 arrays and strings, and it returns strings, so nothing that fails to pickle crosses between processes.
@@ -24,7 +25,7 @@ from scripts.utils.files import atomic_open
 
 __all__ = ["OUTPUT_FOLDERS", "save_png", "write_image_files"]
 
-OUTPUT_FOLDERS = ("masks", "seg", "overlays")
+OUTPUT_FOLDERS = ("masks", "seg", "overlays", "heatmaps")
 _ENCODE = MaskToRLE()
 
 
@@ -38,12 +39,14 @@ def write_image_files(
     seg: bool,
     overlay: np.ndarray | None,
     probability: float | None = None,
+    heatmap: np.ndarray | None = None,
 ) -> tuple[str | None, object]:
     """Write one image's files: the mask PNG, the DICOM SEG of a positive image, the overlay.
 
     ``packed`` is ``np.packbits`` of the mask in MONAI's orientation ``(cols, rows)``, contiguous as the network wrote
     it; ``shape`` the mask's ``(rows, cols)`` in image orientation; ``overlay`` the uint8 image to outline it on, or
-    None; ``probability`` the image's (``scripts.inference.gating``), written into the SEG. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
+    None; ``probability`` the image's (``scripts.inference.gating``), written into the SEG; ``heatmap`` the blended
+    ``(rows, cols, 3)`` picture to write, or None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
     keeps its row), or ``(None, reason)`` when the mask itself could not be written.
     """
     try:
@@ -59,6 +62,8 @@ def write_image_files(
         problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask, probability)
     if overlay is not None:
         problems += _attempt("overlay", _write_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+    if heatmap is not None:
+        problems += _attempt("heatmap", _write_picture, Path(output_dir) / "heatmaps" / f"{name}.png", heatmap)
     return encoded, problems
 
 
@@ -85,9 +90,14 @@ def _write_overlay(path: Path, overlay: np.ndarray, mask: np.ndarray) -> list[st
     return []
 
 
+def _write_picture(path: Path, pixels: np.ndarray) -> list[str]:
+    save_png(path, pixels)
+    return []
+
+
 def save_png(path: Path, pixels: np.ndarray) -> None:
-    """A greyscale uint8 PNG, atomically."""
+    """A uint8 PNG, greyscale ``(H, W)`` or RGB ``(H, W, 3)``, atomically."""
     from PIL import Image
 
     with atomic_open(path, "wb") as handle:
-        Image.fromarray(pixels.astype(np.uint8), mode="L").save(handle, format="PNG")
+        Image.fromarray(pixels.astype(np.uint8), mode="L" if pixels.ndim == 2 else "RGB").save(handle, format="PNG")

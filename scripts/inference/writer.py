@@ -31,6 +31,7 @@ from ignite.engine import Engine, Events
 from scripts.data.labels import to_image_orientation
 from scripts.inference.engine import ERROR_KEY, PATH_KEY, SKIP_KEY
 from scripts.inference.gating import GATED_KEY, IMAGE_PROB_KEY
+from scripts.inference.heatmaps import blend
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
 from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
 from scripts.inference.predictions import ImagePrediction, write_predictions
@@ -61,6 +62,7 @@ class InferenceWriter:
         scan: the :class:`~scripts.inference.inputs.DicomScan` the dataset was built from (for the skipped count),
             or the input path to scan again.
         masks, seg, overlays: which per-image outputs to write.
+        heatmaps: a :class:`~scripts.inference.heatmaps.HeatmapMaker` to write ``heatmaps/`` with, or None.
         pred_key, image_key: engine output keys of the thresholded prediction and of the loaded image.
         info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...).
         workers: processes that write the per-image files in parallel with inference (0: the engine's thread).
@@ -80,6 +82,7 @@ class InferenceWriter:
         info: dict | None = None,
         workers: int = 0,
         overwrite: bool = False,
+        heatmaps=None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.scan = scan if isinstance(scan, DicomScan) or scan is None else scan_dicom_inputs(scan)
@@ -89,7 +92,7 @@ class InferenceWriter:
         if self.scan is not None and self.scan.hidden_folders:
             logger.warning("hidden folders not searched for DICOM files: %s", ", ".join(map(str, self.scan.hidden_folders)))
         self.workdir: Path | None = None
-        self.masks, self.seg, self.overlays = masks, seg, overlays
+        self.masks, self.seg, self.overlays, self.heatmaps = masks, seg, overlays, heatmaps
         self.pred_key, self.image_key = pred_key, image_key
         self.info = dict(info or {})
         self.pool = WriterPool(write_image_files, workers=workers)
@@ -189,9 +192,12 @@ class InferenceWriter:
         overlay = None
         if self.overlays:
             overlay = np.round(np.clip(to_image_orientation(image), 0.0, 1.0) * 255).astype(np.uint8)
+        heatmap = None
+        if self.heatmaps is not None:  # one forward and backward pass, here: the network is on this thread's device
+            heatmap = blend(to_image_orientation(image.detach().cpu()), to_image_orientation(self.heatmaps(image)))
         job = (
             str(self.workdir), safe_name(image_id), path, np.packbits(mask.T), mask.shape,
-            self.masks, self.seg, overlay, probability,
+            self.masks, self.seg, overlay, probability, heatmap,
         )  # fmt: skip
         self._record(self.pool.submit((image_id, path, probability, int(mask.sum())), job))
 
@@ -250,6 +256,7 @@ class InferenceWriter:
                 "masks": "masks/" if self.masks else None,
                 "seg": "seg/" if self.seg else None,
                 "overlays": "overlays/" if self.overlays else None,
+                "heatmaps": f"heatmaps/ (Grad-CAM at {self.heatmaps.layer})" if self.heatmaps is not None else None,
             },
             **self.info,
         }
