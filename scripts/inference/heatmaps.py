@@ -30,11 +30,10 @@ from scripts.data.resize import image_size_pair, resize_image
 __all__ = ["HeatmapMaker", "blend", "default_layer", "heatmap_maker"]
 
 #: The decoder layer (about half resolution) whose features explain the mask, per network class.
+#: (The gated subclasses of ``scripts.networks.image_head`` have their MONAI parent's layers.)
 _MASK_LAYERS = {
     "AttentionUnet": ("model.1.submodule.1.merge", "model.1.merge"),
-    "GatedAttentionUnet": ("model.1.submodule.1.merge", "model.1.merge"),
     "FlexibleUNet": ("decoder.blocks.3",),
-    "GatedFlexibleUNet": ("decoder.blocks.3",),
     "AttentionEncoderUNet": ("stages.3",),
     "DoubleUNet": ("decoder2.2",),
     "UNetPlusPlus": ("net.upcat_1_3",),
@@ -54,20 +53,20 @@ def default_layer(network: torch.nn.Module, target: str = "mask") -> str:
     names = {name for name, _ in network.named_modules()}
     kind = type(network).__name__
     if target == "mask":
-        for name in _MASK_LAYERS.get(kind, ()):
+        for name in _MASK_LAYERS.get(kind.removeprefix("Gated"), ()):
             if name in names:
                 return name
         convolutions = [name for name, module in network.named_modules() if isinstance(module, torch.nn.Conv2d)]
         if convolutions:
             return convolutions[-1]
     elif target == "gate":
-        for name in ("encoder.layer4", "encoder._blocks"):
-            if name in names:
-                blocks = getattr(network.encoder, "_blocks", None)
-                return f"encoder._blocks.{len(blocks) - 1}" if name == "encoder._blocks" and blocks is not None else name
-        layer, path = getattr(network, "model", None), "model.1"
-        if kind == "GatedAttentionUnet" and layer is not None:
-            layer = layer[1]
+        if "encoder.layer4" in names:  # the ResNet and SE-ResNeXt backbones
+            return "encoder.layer4"
+        blocks = getattr(getattr(network, "encoder", None), "_blocks", None)
+        if blocks is not None:  # EfficientNet
+            return f"encoder._blocks.{len(blocks) - 1}"
+        if kind == "GatedAttentionUnet":  # down the nested levels to the bottleneck convolution
+            layer, path = network.model[1], "model.1"
             while isinstance(layer.submodule, torch.nn.Sequential):
                 layer, path = layer.submodule[1], f"{path}.submodule.1"
             return f"{path}.submodule"
@@ -84,10 +83,7 @@ class _Score(torch.nn.Module):
         self.network, self.channel = network, channel
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.network(x)
-        if self.channel >= out.shape[1]:
-            raise ValueError("the gate's heatmap needs a network with an image head (image_head true)")
-        score = out[:, self.channel].flatten(1)
+        score = self.network(x)[:, self.channel].flatten(1)  # channel 1 exists: HeatmapMaker checks for the head
         return (score.sum(dim=1) if self.channel == 0 else score.mean(dim=1))[:, None]
 
 
