@@ -13,6 +13,8 @@ DEMO_N ?= 400
 DEMO_SIZE ?= 256
 DEMO_CONTRAST ?= 25
 DEMO_LESION_SCALE ?= 3
+# Chest drains, ECG leads, lines, markers, burned-in text, collimation (scripts/synthetic/devices.py); empty for none
+DEMO_DEVICES ?= --devices
 BUNDLE_RUN := PYTHONPATH=. $(PY) -m monai.bundle run --meta_file configs/metadata.json --logging_file configs/logging.conf
 # Every bundle command reads configs/common.json (network, device and precision, workers, triplet, image loading) first.
 TRAIN_CONFIGS := 'configs/common.json','configs/train.json'
@@ -50,14 +52,16 @@ $(LABEL_VENV)/.installed: requirements-monailabel.txt
 # The CSV is written last, so its presence marks a complete dataset.
 $(DEMO_DIR)/siim/train-rle.csv: | $(VENV)/.runtime-installed
 	$(PY) -m scripts.synthetic --out $(DEMO_DIR)/siim --n $(DEMO_N) --n_test 20 --size $(DEMO_SIZE) \
-		--lesion_contrast $(DEMO_CONTRAST) --lesion_scale $(DEMO_LESION_SCALE) --seed 0
+		--lesion_contrast $(DEMO_CONTRAST) --lesion_scale $(DEMO_LESION_SCALE) $(DEMO_DEVICES) --seed 0
 
 demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
 	$(PY) -m scripts.siim.datalist --data_dir $(DEMO_DIR)/siim --out $(DEMO_DIR)/datalist.json
 	$(BUNDLE_RUN) --config_file "[$(TRAIN_CONFIGS),'configs/demo.json','configs/demo_train.json']" --bundle_root . \
-		--datalist_file $(DEMO_DIR)/datalist.json
+		--dataset_dir $(DEMO_DIR)/siim --datalist_file $(DEMO_DIR)/datalist.json --ckpt_dir $(DEMO_DIR)/models \
+		--output_dir $(DEMO_DIR)/runs/train
 	$(BUNDLE_RUN) --config_file "[$(TRAIN_CONFIGS),'configs/evaluate.json','configs/demo.json','configs/demo_train.json']" \
-		--bundle_root . --datalist_file $(DEMO_DIR)/datalist.json --output_dir $(DEMO_DIR)/runs/eval
+		--bundle_root . --dataset_dir $(DEMO_DIR)/siim --datalist_file $(DEMO_DIR)/datalist.json \
+		--ckpt_dir $(DEMO_DIR)/models --output_dir $(DEMO_DIR)/runs/eval
 	$(BUNDLE_RUN) --config_file "[$(INFERENCE_CONFIGS),'configs/demo.json','configs/demo_inference.json']" --bundle_root . \
 		--dataset_dir $(DEMO_DIR)/siim/dicom-images-test --output_dir $(DEMO_DIR)/runs/inference \
 		--ckpt_dir $(DEMO_DIR)/models --overwrite true

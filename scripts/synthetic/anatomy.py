@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
+from scripts.synthetic.devices import ChestLandmarks, DeviceOptions, DevicesDrawn, LungBox, burn_in, draw_devices
+
 __all__ = [
     "AREA_MAX_1024",
     "AREA_MEDIAN_1024",
@@ -84,11 +86,13 @@ class SyntheticChest:
         image: uint8 ``(rows, cols)`` MONOCHROME2 radiograph.
         regions: one bool ``(rows, cols)`` mask per pneumothorax annotation, each non-empty.
         lungs: bool ``(rows, cols)`` mask of both lung fields, pneumothoraces included.
+        devices: what ``scripts.synthetic.devices`` drew (None when no device options were given).
     """
 
     image: np.ndarray
     regions: list[np.ndarray]
     lungs: np.ndarray
+    devices: DevicesDrawn | None = None
 
 
 def render_case(
@@ -98,6 +102,7 @@ def render_case(
     n_regions: int = 0,
     lesion_contrast: float = 1.0,
     lesion_scale: float = 1.0,
+    devices: DeviceOptions | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Render one synthetic frontal chest radiograph with ``n_regions`` pneumothorax annotations.
 
@@ -110,6 +115,8 @@ def render_case(
             larger values make an easier data set, e.g. for a demo that must learn in minutes on a CPU).
         lesion_scale: multiplies the drawn annotation areas (1: the SIIM-like size distribution; larger values
             give larger, deeper pneumothoraces, still capped at part of the lung).
+        devices: tubes, lines, leads, markers, text, collimation and blur to add (``scripts.synthetic.devices``);
+            None (the default) draws none and leaves the output exactly what it was before devices existed.
 
     Returns:
         ``(image, regions)``: image uint8 ``(rows, cols)``, MONOCHROME2 (bone and soft tissue bright, air and
@@ -117,7 +124,7 @@ def render_case(
         non-empty, lie in a lung along its outer pleura, and some partly overlap (parts of one pneumothorax
         annotated separately).
     """
-    chest = render_chest(rng, rows, cols, n_regions, lesion_contrast, lesion_scale)
+    chest = render_chest(rng, rows, cols, n_regions, lesion_contrast, lesion_scale, devices)
     return chest.image, chest.regions
 
 
@@ -128,6 +135,7 @@ def render_chest(
     n_regions: int = 0,
     lesion_contrast: float = 1.0,
     lesion_scale: float = 1.0,
+    devices: DeviceOptions | None = None,
 ) -> SyntheticChest:
     """Render a case as :func:`render_case` does, also returning the lung fields (see :class:`SyntheticChest`)."""
     if rows < 64 or cols < 64:
@@ -141,6 +149,8 @@ def render_chest(
     anatomy_rng, texture_rng, region_rng, acquisition_rng = (
         np.random.default_rng(seed) for seed in rng.integers(0, 2**63 - 1, size=4)
     )
+    # drawn after the four, and only with devices: the same chest, pneumothoraces and noise either way
+    device_rng = None if devices is None else np.random.default_rng(rng.integers(0, 2**63 - 1))
 
     angle = _sample_rotation(anatomy_rng)
     frame = _patient_frame(rows, cols, angle)
@@ -175,11 +185,46 @@ def render_chest(
     attenuation += markings
     attenuation += lesion_contrast * _pneumothorax_lucency(region_rng, frame, lungs, plans, union)
 
-    image = _expose(acquisition_rng, frame, attenuation)
     lung_mask = np.zeros((rows, cols), bool)
     for lung in lungs:
         lung_mask[lung.bbox] |= lung.inside
-    return SyntheticChest(image=image, regions=regions, lungs=lung_mask)
+    drawn = None
+    if devices is not None:
+        landmarks = _landmarks(frame, body, shapes, lung_mask, shapes[plans[0].lung].side if plans else None)
+        added, drawn = draw_devices(device_rng, landmarks, devices)
+        attenuation += added
+    image = _expose(acquisition_rng, frame, attenuation, extra_blur=drawn.blur if drawn else 0.0)
+    if drawn is not None:
+        burn_in(image, drawn)
+    return SyntheticChest(image=image, regions=regions, lungs=lung_mask, devices=drawn)
+
+
+def _landmarks(
+    frame: _Frame, body: _Body, shapes: list[_LungShape], lung_mask: np.ndarray, lesion_side: int | None
+) -> ChestLandmarks:
+    """Where the devices of ``scripts.synthetic.devices`` go on this chest."""
+    lung_rows, lung_cols = np.flatnonzero(lung_mask.any(axis=1)), np.flatnonzero(lung_mask.any(axis=0))
+    boxes = tuple(
+        LungBox(
+            side=shape.side,
+            x_medial=shape.x_med,
+            x_lateral=shape.x_med + shape.side * shape.width,
+            y_apex=shape.y_apex,
+            y_base=shape.y_cp,
+        )
+        for shape in shapes
+    )
+    return ChestLandmarks(
+        rows=frame.rows,
+        cols=frame.cols,
+        scale=frame.scale,
+        to_pixels=frame.to_pixels,
+        mid=body.mid,
+        half_width=lambda y: float(_trunk_half_width(np.float32(y), body)),
+        lungs=boxes,
+        lung_box=(int(lung_rows[0]), int(lung_rows[-1]) + 1, int(lung_cols[0]), int(lung_cols[-1]) + 1),
+        lesion_side=lesion_side,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1351,13 +1396,16 @@ def _pneumothorax_lucency(
 # Acquisition
 
 
-def _expose(rng: np.random.Generator, frame: _Frame, attenuation: np.ndarray) -> np.ndarray:
-    """Exposure curve, quantum noise, detector blur and 8-bit quantisation, varied per case like real CR films."""
+def _expose(rng: np.random.Generator, frame: _Frame, attenuation: np.ndarray, extra_blur: float = 0.0) -> np.ndarray:
+    """Exposure curve, quantum noise, detector blur and 8-bit quantisation, varied per case like real CR films.
+
+    ``extra_blur`` (pixels) softens the edges further, added in quadrature to the detector's own blur.
+    """
     black = rng.uniform(0.0, 0.1)
     white = rng.uniform(1.1, 1.25)
     gamma = rng.uniform(0.9, 1.4)
     noise = rng.uniform(1.5, 4.0)
-    blur = rng.uniform(0.4, 0.8) * frame.scale
+    blur = math.hypot(rng.uniform(0.4, 0.8) * frame.scale, extra_blur)
     level = attenuation - np.float32(black)
     level *= np.float32(1.0 / (white - black))
     np.clip(level, 0.0, 1.0, out=level)
