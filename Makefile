@@ -27,8 +27,17 @@ STUDIES ?= $(DEMO_DIR)/siim
 WEIGHTS ?= models/model.pt
 PORT ?= 8000
 LABEL_ARGS ?=
+# The web viewer: the model of CKPT_DIR, the worklist of RESULTS (an inference output folder) if given, on
+# 127.0.0.1:PORT (8080 unless PORT is given: the label server's 8000 default is not the viewer's).
+CKPT_DIR ?= models
+RESULTS ?=
+VIEWER_ARGS ?=
+VIEWER_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),8080)
+# Debian packages the tests need (installed as root, once): chromium for the viewer's browser test.
+SYSTEM_PACKAGES := chromium
 
 .PHONY: demo test test-quick setup setup-dev setup-label label-server clean-demo
+.PHONY: viewer
 
 setup: $(VENV)/.runtime-installed
 setup-dev: $(VENV)/.dev-installed
@@ -42,6 +51,13 @@ $(VENV)/.runtime-installed: requirements.txt
 
 $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Re-checked when the Makefile (SYSTEM_PACKAGES) changes; apt-get runs only for what is missing.
+$(VENV)/.system-packages: Makefile
+	command -v chromium >/dev/null && dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }
+	mkdir -p $(VENV)
 	touch $@
 
 $(LABEL_VENV)/.installed: requirements-monailabel.txt
@@ -68,6 +84,7 @@ demo: $(VENV)/.runtime-installed $(DEMO_DIR)/siim/train-rle.csv
 	$(PY) -m scripts.evaluation.report --demo_dir $(DEMO_DIR)
 
 test: $(VENV)/.dev-installed $(LABEL_VENV)/.installed
+test: $(VENV)/.system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Skips the slow end-to-end tests (marked 'slow'); CI runs everything.
@@ -79,6 +96,13 @@ test-quick: $(VENV)/.dev-installed
 #     --override configs/demo_train.json --override configs/demo_inference.json"
 label-server: $(VENV)/.runtime-installed $(LABEL_VENV)/.installed
 	PYTHONPATH=. $(PY) -m scripts.serving.label_server --studies $(STUDIES) --weights $(WEIGHTS) --port $(PORT) $(LABEL_ARGS)
+
+# The web viewer (scripts/serving/viewer.py) on 127.0.0.1. For the demo model and its inference results:
+# make viewer CKPT_DIR=demo/models RESULTS=demo/runs/inference \
+#     VIEWER_ARGS="--override configs/demo.json --override configs/demo_inference.json"
+viewer: $(VENV)/.runtime-installed
+	PYTHONPATH=. $(PY) -m scripts.serving.viewer --ckpt_dir $(CKPT_DIR) $(if $(RESULTS),--results $(RESULTS)) \
+		--port $(VIEWER_PORT) $(VIEWER_ARGS)
 
 clean-demo:
 	rm -rf $(DEMO_DIR)

@@ -13,6 +13,16 @@ from pydicom.encaps import encapsulate
 from tests.helpers import write_test_dicom
 
 
+def rgb_dicom(path: Path, uid: str = "1.2.3.999") -> Path:
+    """A 32 x 32 DICOM whose pixels are RGB (three samples per pixel): not a greyscale radiograph."""
+    write_test_dicom(path, np.zeros((32, 32), np.uint8), sop_instance_uid=uid, jpeg_quality=None)
+    ds = pydicom.dcmread(path)
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
+    ds.save_as(path)
+    return path
+
+
 def jpeg_declaring(rows: int, cols: int) -> bytes:
     """A tiny valid JPEG Baseline codestream whose start-of-frame header is rewritten to declare rows x cols."""
     buffer = io.BytesIO()

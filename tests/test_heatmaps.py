@@ -34,6 +34,17 @@ def test_the_hot_region_of_a_bright_is_positive_network_lies_on_the_bright_patch
     assert heat[patch].min() > 0.9 and heat[~patch].max() < 0.1
 
 
+def test_occlusion_sensitivity_finds_the_bright_patch_too():
+    heat = HeatmapMaker(BrightnessNet(), method="occlusion")(_bright_patch())
+    assert heat.shape == (96, 72) and heat.max() == pytest.approx(1.0)
+    near = np.zeros((96, 72), bool)
+    near[20 - 12 : 44 + 12, 10 - 9 : 30 + 9] = True  # the patch (rows 20:44, columns 10:30) and a window around it
+    # hiding part of the patch lowers the score; hiding the dark background does not
+    assert heat[26:38, 15:25].min() > 0.5 and heat[~near].max() == 0.0
+    with pytest.raises(ValueError, match="heatmap_method 'shap'"):
+        HeatmapMaker(BrightnessNet(), method="shap")
+
+
 def test_a_whole_image_model_is_explained_at_its_size_and_the_map_comes_back_at_the_images():
     heat = HeatmapMaker(BrightnessNet(), image_size=[48, 48])(_bright_patch())
     assert heat.shape == (96, 72) and heat[30, 20] > 0.9 and heat[80, 60] < 0.1
@@ -93,6 +104,12 @@ def test_the_command_writes_one_dicoms_heatmap_at_its_size_in_image_orientation(
     assert picture.shape == (120, 90, 3)
     redness = picture[..., 0].astype(int) - picture[..., 2]
     assert redness[mask].mean() > 60 and np.abs(redness[~mask]).max() < 10  # hot on the bright (positive) block
+    models = str(tmp_path / "models")
+    assert main(["--dicom", str(dicom), "--ckpt_dir", models, "--out", str(tmp_path / "o.png"), "--method", "occlusion"]) == 0
+    picture = np.asarray(Image.open(tmp_path / "o.png")).astype(int)
+    redness = picture[..., 0] - picture[..., 2]
+    rows, cols = np.nonzero(mask)
+    assert picture.shape == (120, 90, 3) and redness[rows.mean().astype(int), cols.mean().astype(int)] > 60
 
 
 def test_inference_writes_one_heatmap_per_image_at_its_size(mixed_folder, brightness_weights, tmp_path):  # noqa: F811

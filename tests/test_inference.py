@@ -21,17 +21,10 @@ from scripts.training.checkpoints import load_weights
 from scripts.utils.files import safe_name
 from tests.conftest import COMMON, REPO, config_files, run_bundle
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
+from tests.hostile import rgb_dicom
 
 BRIGHTNESS = str(REPO / "tests" / "configs" / "inference_brightness.json")
 SECRET_PATIENT = "SECRET^PATIENT-4711"
-
-
-def _rgb_dicom(path: Path) -> None:
-    write_test_dicom(path, np.zeros((32, 32), np.uint8), sop_instance_uid="1.2.3.999", jpeg_quality=None)
-    ds = pydicom.dcmread(path)
-    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.PixelData = np.zeros((32, 32, 3), np.uint8).tobytes()
-    ds.save_as(path)
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +68,7 @@ def mixed_folder(tmp_path_factory) -> dict:
     del no_pixels.PixelData
     no_pixels.SOPInstanceUID = "1.2.3.998"
     no_pixels.save_as(bad / "no_pixels.dcm")
-    _rgb_dicom(bad / "rgb.dcm")
+    rgb_dicom(bad / "rgb.dcm")
     (root / "notes.txt").write_text("not an image\n")
     (root / "study0" / "thumbnail.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     return {"root": root, "truth": truth, "bad": sorted(p.name for p in bad.iterdir()), "skipped": 2}

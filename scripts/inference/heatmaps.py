@@ -11,7 +11,12 @@ runs), one forward and one backward pass per image, at the size the network take
 own); :func:`blend` lays the map on the radiograph as an RGB picture at the image's size. Inference writes them with
 ``--write_heatmaps true`` (``heatmaps/<ImageId>.png``), and one DICOM's is a command::
 
-    python -m scripts.inference.heatmaps --dicom image.dcm --ckpt_dir models --out heatmap.png
+    python -m scripts.inference.heatmaps --dicom image.dcm --ckpt_dir models --out heatmap.png [--method occlusion]
+
+``method="occlusion"`` (``heatmap_method``) uses ``monai.visualize.OcclusionSensitivity`` instead: the same target
+scored with each of about 15 x 15 overlapping windows (an eighth of the image a side) replaced by the image's mean,
+the map being how much the score fell. It needs no layer and sees what Grad-CAM's upsampled features blur, but
+costs some 200 forward passes per image: for single images and small sets, not a folder of full-size films.
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ import torch
 
 from scripts.data.resize import image_size_pair, resize_image
 
-__all__ = ["HeatmapMaker", "blend", "default_layer", "heatmap_maker"]
+__all__ = ["HEATMAP_METHODS", "HeatmapMaker", "blend", "default_layer", "heatmap_maker"]
+
+HEATMAP_METHODS = ("gradcam", "occlusion")
 
 #: The decoder layer (about half resolution) whose features explain the mask, per network class.
 #: (The gated subclasses of ``scripts.networks.image_head`` have their MONAI parent's layers.)
@@ -88,19 +95,24 @@ class _Score(torch.nn.Module):
 
 
 class HeatmapMaker:
-    """Grad-CAM of ``network`` (copied) for the mask (``target="mask"``) or the gate (``"gate"``).
+    """Grad-CAM (or occlusion sensitivity) of ``network`` (copied) for the mask (``target="mask"``) or the gate
+    (``"gate"``).
 
     Args:
         network: a segmentation network (a member of an ensemble: its first).
         target: ``"mask"`` or ``"gate"``.
-        layer: the layer to explain (default :func:`default_layer`).
+        layer: the layer to explain (default :func:`default_layer`); Grad-CAM only.
         image_size: the size the network takes whole images at (null: the image's own).
         device: where it runs.
+        method: ``"gradcam"`` or ``"occlusion"``.
     """
 
     def __init__(self, network: torch.nn.Module, target: str = "mask", layer: str | None = None, image_size=None,
-                 device: str | torch.device = "cpu") -> None:  # fmt: skip
+                 device: str | torch.device = "cpu", method: str = "gradcam") -> None:  # fmt: skip
         from monai.visualize import GradCAM
+
+        if method not in HEATMAP_METHODS:
+            raise ValueError(f"heatmap_method {method!r}: expected one of {HEATMAP_METHODS}")
 
         network = getattr(network, "networks", [network])[0]  # an ensemble (AveragedProbabilities): its first member
         if target == "gate" and getattr(network, "image_head", None) is None:
@@ -109,7 +121,8 @@ class HeatmapMaker:
         self.layer = layer or default_layer(self.network, target)
         if self.layer not in {name for name, _ in self.network.named_modules()}:
             raise ValueError(f"heatmap_layer {self.layer!r}: {type(self.network).__name__} has no such layer")
-        self.size, self.device = image_size_pair(image_size), device
+        self.size, self.device, self.method = image_size_pair(image_size), device, method
+        self.score = _Score(self.network, 1 if target == "gate" else 0)
         self.cam = GradCAM(
             nn_module=_Score(self.network, 1 if target == "gate" else 0),
             target_layers=f"network.{self.layer}",
@@ -123,22 +136,45 @@ class HeatmapMaker:
         shape = tuple(x.shape[-2:])
         if self.size is not None and shape != self.size:
             x = resize_image(x, self.size)
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*inplace.*")
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")  # the input needs no gradient
-            heat = self.cam(x, class_idx=0)
+        if self.method == "occlusion":
+            heat = self._occlusion(x)
+        else:
+            with torch.enable_grad(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*inplace.*")
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")  # the input needs no gradient
+                heat = self.cam(x, class_idx=0)
         if tuple(heat.shape[-2:]) != shape:
             heat = resize_image(heat, shape)
         return heat[0, 0].detach().clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-def heatmap_maker(enabled, network, target: str = "mask", layer: str | None = None, image_size=None, device="cpu"):
+    @torch.no_grad()
+    def _occlusion(self, x: torch.Tensor) -> torch.Tensor:
+        """How much the score falls when each part of ``x`` is hidden (windows of an eighth of the image, half
+        overlapping, filled with the image's mean), scaled to [0, 1]."""
+        from monai.visualize import OcclusionSensitivity
+
+        window = [max(4, side // 8) for side in x.shape[-2:]]
+        occlusion = OcclusionSensitivity(self.score, mask_size=window, n_batch=16, verbose=False, mode="mean_img",
+                                         overlap=0.5, activate=False)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence")  # inside MONAI's indexing
+            occluded, _ = occlusion(x)  # the score with the window around each pixel hidden, (B, 1, H, W)
+        occluded = occluded.as_tensor() if hasattr(occluded, "as_tensor") else occluded
+        if occluded.ndim == x.ndim + 1:  # MONAI versions that keep a trailing class axis
+            occluded = occluded[..., 0]
+        fall = (self.score(x)[:, :, None, None] - occluded).clamp(min=0)
+        return _scaled(fall)
+
+
+def heatmap_maker(enabled, network, target: str = "mask", layer: str | None = None, image_size=None, device="cpu",
+                  method: str = "gradcam"):  # fmt: skip
     """The :class:`HeatmapMaker` inference's ``--write_heatmaps true`` asks for, or None (``inference.json``)."""
     from scripts.utils.flags import as_flag
 
     if not as_flag(enabled, "write_heatmaps"):
         return None
-    return HeatmapMaker(network, target=target, layer=layer, image_size=image_size, device=device)
+    return HeatmapMaker(network, target=target, layer=layer, image_size=image_size, device=device, method=method)
 
 
 def _scaled(heat: torch.Tensor) -> torch.Tensor:
@@ -169,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="the PNG to write")
     parser.add_argument("--target", choices=("mask", "gate"), default="mask")
     parser.add_argument("--layer", default=None, help="the layer to explain (default: per network family)")
+    parser.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam")
     args = parser.parse_args(argv)
     from monai.bundle import ConfigParser
     from monai.transforms import Compose
@@ -183,12 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = ConfigParser()
     parser.read_config(str(Path(__file__).resolve().parents[2] / "configs" / "common.json"))
     network = load_weights(network_for(checkpoint, parser.get_parsed_content("network_config")), checkpoint)
-    maker = HeatmapMaker(network, target=args.target, layer=args.layer, image_size=image_size_for([checkpoint]))
+    maker = HeatmapMaker(network, target=args.target, layer=args.layer, image_size=image_size_for([checkpoint]),
+                         method=args.method)  # fmt: skip
     load = Compose([*parser.get_parsed_content("image_loading"), Uint8ToFloatd("image")])  # as inference loads it
     image = load({"image": args.dicom})["image"]
     heat = maker(image.as_tensor())
     save_png(Path(args.out), blend(to_image_orientation(image[0].numpy()), to_image_orientation(heat)))
-    print(f"{args.out}: Grad-CAM of the {args.target} at {maker.layer}, {heat.shape[1]} x {heat.shape[0]} pixels")
+    how = f"Grad-CAM of the {args.target} at {maker.layer}" if args.method == "gradcam" else f"occlusion sensitivity of the {args.target}"
+    print(f"{args.out}: {how}, {heat.shape[1]} x {heat.shape[0]} pixels")
     return 0
 
 

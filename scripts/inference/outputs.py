@@ -13,6 +13,7 @@ arrays and strings, and it returns strings, so nothing that fails to pickle cros
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,17 @@ from scripts.inference.overlay import save_overlay
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
 
-__all__ = ["OUTPUT_FOLDERS", "save_png", "write_image_files"]
+__all__ = ["OUTPUT_FOLDERS", "image_output_paths", "save_png", "write_image_files"]
 
 OUTPUT_FOLDERS = ("masks", "seg", "overlays", "heatmaps")
+_SUFFIXES = {"masks": ".png", "seg": ".dcm", "overlays": ".png", "heatmaps": ".png"}
 _ENCODE = MaskToRLE()
+
+
+def image_output_paths(output_dir: str | os.PathLike, name: str) -> dict[str, Path]:
+    """Where one image's files go in an inference output folder: output folder (``masks``, ``seg``, ``overlays``,
+    ``heatmaps``) -> ``<output_dir>/<folder>/<name>.png`` (``.dcm`` for the SEG)."""
+    return {folder: Path(output_dir) / folder / f"{name}{_SUFFIXES[folder]}" for folder in OUTPUT_FOLDERS}
 
 
 def write_image_files(
@@ -49,21 +57,22 @@ def write_image_files(
     ``(rows, cols, 3)`` picture to write, or None. Returns ``(rle, problems)``: the mask's RLE and the reasons of outputs that failed after the mask (the image
     keeps its row), or ``(None, reason)`` when the mask itself could not be written.
     """
+    paths = image_output_paths(output_dir, name)
     try:
         monai_mask = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape[::-1]).astype(bool)
         mask = monai_mask.T
         if masks:
-            save_png(Path(output_dir) / "masks" / f"{name}.png", mask.astype(np.uint8) * 255)
+            save_png(paths["masks"], mask.astype(np.uint8) * 255)
         encoded = _ENCODE(monai_mask)
     except Exception as error:
         return None, error_reason(error)
     problems = []
     if seg and mask.any():
-        problems += _attempt("DICOM SEG", _write_seg, Path(output_dir) / "seg" / f"{name}.dcm", source, mask, probability)
+        problems += _attempt("DICOM SEG", _write_seg, paths["seg"], source, mask, probability)
     if overlay is not None:
-        problems += _attempt("overlay", _write_overlay, Path(output_dir) / "overlays" / f"{name}.png", overlay, mask)
+        problems += _attempt("overlay", _write_overlay, paths["overlays"], overlay, mask)
     if heatmap is not None:
-        problems += _attempt("heatmap", _write_picture, Path(output_dir) / "heatmaps" / f"{name}.png", heatmap)
+        problems += _attempt("heatmap", _write_picture, paths["heatmaps"], heatmap)
     return encoded, problems
 
 

@@ -39,7 +39,7 @@ from scripts.siim.image_id import dicom_image_id
 from scripts.utils.files import safe_name
 from scripts.utils.metadata import BUNDLE_ROOT
 
-__all__ = ["prepare_bundle", "prepare_studies", "server_command"]
+__all__ = ["merged_config", "prepare_bundle", "prepare_studies", "server_command"]
 
 REPO = BUNDLE_ROOT
 logger = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def prepare_studies(source: str | os.PathLike, studies: str | os.PathLike) -> di
     return {"linked": linked, "unreadable": unreadable, "duplicates": duplicates, "skipped": len(scan.skipped)}
 
 
-def _merged_config(name: str, overrides: list[Path]) -> dict:
+def merged_config(name: str, overrides: list[Path]) -> dict:
     """``configs/common.json`` + ``configs/<name>`` + the overrides that apply to it, as one config."""
     from monai.bundle import ConfigParser
 
@@ -124,7 +124,7 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
     configs = bundle / "configs"
     configs.mkdir(parents=True, exist_ok=True)
     for name in ("inference.json", "train.json"):
-        config = _merged_config(name, overrides)
+        config = merged_config(name, overrides)
         if recorded is not None:
             config["network_config"] = recorded
         if name == "train.json" and trained_size is not None:
