@@ -14,7 +14,7 @@ from scripts.siim.datalist import build_datalist
 from scripts.synthetic.__main__ import main
 from scripts.synthetic.anatomy import render_chest
 from scripts.synthetic.dataset import DEVICES_CSV_NAME, generate_dataset
-from scripts.synthetic.devices import DEVICE_COLUMNS, DeviceOptions
+from scripts.synthetic.devices import DEVICE_COLUMNS, DeviceOptions, parse_points
 
 SIZE = 256
 NONE = DeviceOptions.none()
@@ -65,6 +65,19 @@ def test_a_drain_runs_from_the_chest_wall_to_the_apex_on_the_side_asked(same_sid
         on_image = (rows >= 0) & (rows < SIZE) & (cols >= 0) & (cols < SIZE)
         assert not on_image.all()
         assert np.median(_change(plain, fitted)[rows[on_image], cols[on_image]]) > 15
+
+
+def test_devices_csv_path_of_a_drain_lies_on_the_drawn_tube():
+    plain, fitted = _pair(3, replace(NONE, drain_positive=1.0))
+    points = parse_points(fitted.devices.row()["drain_path"])
+    np.testing.assert_allclose(points[[0, -1]], fitted.devices.drain_path[[0, -1]], atol=0.5)
+    assert len(points) < len(fitted.devices.drain_path) / 3  # a compact row, not every point
+    inside = points[(points >= 0).all(axis=1) & (points < SIZE - 0.5).all(axis=1)].round().astype(int)
+    darker_on_the_line = _change(plain, fitted)[inside[:, 0], inside[:, 1]]
+    assert len(inside) > 10 and (darker_on_the_line > 0).mean() > 0.9  # the tube adds attenuation along the path
+    assert parse_points("").shape == (0, 2)
+    with pytest.raises(ValueError, match="row col"):
+        parse_points("12 a;3 4")
 
 
 def test_a_drain_has_side_holes_near_its_tip_where_the_stripe_breaks():

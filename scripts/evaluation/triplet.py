@@ -28,7 +28,7 @@ from scripts.utils.files import write_json
 
 REFERENCE_PIXELS = 1024 * 1024
 
-__all__ = ["Triplet", "TripletThreshold", "TripletThresholdd", "load_gate", "load_triplet", "save_triplet"]
+__all__ = ["Triplet", "TripletThreshold", "TripletThresholdd", "load_gate", "load_triplet", "save_triplet", "tuned_triplet"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +112,14 @@ def load_triplet(path: str | os.PathLike, default: Mapping) -> dict:
         return asdict(Triplet(**{key: saved[key] for key in ("top", "min_area", "bottom", "min_component") if key in saved}))
     except (ValueError, TypeError) as error:
         raise ValueError(f"{path}: not a valid thresholds file: {error}") from error
+
+
+def tuned_triplet(path: str | os.PathLike) -> dict:
+    """The triple evaluation tuned and saved at ``path``; an error naming the file when there is none (a model
+    scored on a held-out set brings the thresholds of its own validation fold, never the config's defaults)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no tuned thresholds; evaluate the model on its own fold first (evaluate.json)")
+    return load_triplet(path, default={})
 
 
 def load_gate(path: str | os.PathLike, default: float) -> float:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -32,7 +33,7 @@ import torch
 
 from scripts.data.resize import image_size_pair, resize_image
 
-__all__ = ["HEATMAP_METHODS", "HeatmapMaker", "blend", "default_layer", "heatmap_maker"]
+__all__ = ["HEATMAP_METHODS", "HeatmapMaker", "blend", "default_layer", "heatmap_maker", "maker_for_checkpoint"]
 
 HEATMAP_METHODS = ("gradcam", "occlusion")
 
@@ -197,6 +198,24 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray
     return np.round((grey * (1 - weight) + ramp * weight) * 255).astype(np.uint8)
 
 
+def maker_for_checkpoint(checkpoint: str | os.PathLike, target: str = "mask", layer: str | None = None,
+                         method: str = "gradcam"):  # fmt: skip
+    """``(HeatmapMaker, load)`` for one checkpoint outside a bundle run: its recorded network with its weights, and
+    the transform that loads ``{"image": DICOM path}`` as inference does (``configs/common.json``'s image_loading)."""
+    from monai.bundle import ConfigParser
+    from monai.transforms import Compose
+
+    from scripts.data.cache import Uint8ToFloatd
+    from scripts.networks.definition import image_size_for, network_for
+    from scripts.training.checkpoints import load_weights
+
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[2] / "configs" / "common.json"))
+    network = load_weights(network_for(checkpoint, parser.get_parsed_content("network_config")), checkpoint)
+    maker = HeatmapMaker(network, target=target, layer=layer, image_size=image_size_for([checkpoint]), method=method)
+    return maker, Compose([*parser.get_parsed_content("image_loading"), Uint8ToFloatd("image")])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.inference.heatmaps", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dicom", required=True, help="one DICOM radiograph")
@@ -207,22 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layer", default=None, help="the layer to explain (default: per network family)")
     parser.add_argument("--method", choices=HEATMAP_METHODS, default="gradcam")
     args = parser.parse_args(argv)
-    from monai.bundle import ConfigParser
-    from monai.transforms import Compose
-
-    from scripts.data.cache import Uint8ToFloatd
     from scripts.data.labels import to_image_orientation
     from scripts.inference.outputs import save_png
-    from scripts.networks.definition import image_size_for, network_for
-    from scripts.training.checkpoints import load_weights
 
     checkpoint = Path(args.checkpoint or Path(args.ckpt_dir) / "model.pt")
-    parser = ConfigParser()
-    parser.read_config(str(Path(__file__).resolve().parents[2] / "configs" / "common.json"))
-    network = load_weights(network_for(checkpoint, parser.get_parsed_content("network_config")), checkpoint)
-    maker = HeatmapMaker(network, target=args.target, layer=args.layer, image_size=image_size_for([checkpoint]),
-                         method=args.method)  # fmt: skip
-    load = Compose([*parser.get_parsed_content("image_loading"), Uint8ToFloatd("image")])  # as inference loads it
+    maker, load = maker_for_checkpoint(checkpoint, target=args.target, layer=args.layer, method=args.method)
     image = load({"image": args.dicom})["image"]
     heat = maker(image.as_tensor())
     save_png(Path(args.out), blend(to_image_orientation(image[0].numpy()), to_image_orientation(heat)))

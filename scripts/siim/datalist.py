@@ -47,6 +47,7 @@ __all__ = [
     "find_dicoms",
     "find_siim_csv",
     "load_fold",
+    "load_heldout",
     "read_datalist",
     "split_fold",
     "write_datalist",
@@ -259,6 +260,15 @@ def load_fold(
             )
     training, validation = split_fold(content["items"], fold)
     return {"training": training, "validation": validation}
+
+
+def load_heldout(data_dir: str | os.PathLike, csv_path: str | os.PathLike | None = None) -> dict[str, list[dict]]:
+    """``{"training": [], "validation": [...]}``: every annotated image of the SIIM-layout ``data_dir``, for scoring
+    a trained model on a set it never saw (``configs/evaluate_heldout.json``)."""
+    items, _ = build_datalist(data_dir, csv_path=csv_path)
+    if not items:
+        raise ValueError(f"{data_dir}: no image has both a DICOM file and a row in the annotation CSV")
+    return {"training": [], "validation": items}
 
 
 def main(argv: list[str] | None = None) -> int:

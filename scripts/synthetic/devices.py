@@ -30,7 +30,10 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DEVICE_COLUMNS", "ChestLandmarks", "DeviceOptions", "DevicesDrawn", "burn_in", "draw_devices"]
+__all__ = [
+    "DEVICE_COLUMNS", "ChestLandmarks", "DeviceOptions", "DevicesDrawn", "burn_in", "draw_devices", "parse_points",
+    "points_text",
+]  # fmt: skip
 
 _SUPERSAMPLE = 2  # devices are drawn at twice the resolution and averaged down, so thin lines are anti-aliased
 _TEXTS = ("AP", "PORTABLE", "AP PORTABLE")
@@ -97,7 +100,10 @@ class ChestLandmarks:
 
 
 #: Columns of the ``devices.csv`` a synthetic dataset writes beside ``train-rle.csv``.
-DEVICE_COLUMNS = ("drain", "drain_side", "ecg_leads", "central_line", "marker", "text", "collimation", "blur")
+DEVICE_COLUMNS = (
+    "drain", "drain_side", "ecg_leads", "central_line", "marker", "text", "collimation", "blur", "drain_path"
+)  # fmt: skip
+_PATH_STEP = 4  # devices.csv keeps every 4th point of a drain's path (about 6 pixels apart) and its last
 
 
 @dataclass
@@ -127,7 +133,27 @@ class DevicesDrawn:
             "text": self.text,
             "collimation": " ".join(self.collimation),
             "blur": f"{self.blur:.3f}",
+            "drain_path": points_text(self.drain_path[_keep(len(self.drain_path))]),
         }
+
+
+def _keep(n: int) -> np.ndarray:
+    return np.unique(np.r_[np.arange(0, n, _PATH_STEP), n - 1]) if n else np.zeros(0, int)
+
+
+def points_text(points: np.ndarray) -> str:
+    """``(row, col)`` points as devices.csv writes them: ``"row col;row col;..."``, to the pixel."""
+    return ";".join(f"{row:.0f} {col:.0f}" for row, col in np.asarray(points).reshape(-1, 2))
+
+
+def parse_points(text: str) -> np.ndarray:
+    """The ``(n, 2)`` float array of ``(row, col)`` points of a devices.csv path (``points_text``); empty for ""."""
+    if not text.strip():
+        return np.zeros((0, 2))
+    try:
+        return np.array([[float(v) for v in pair.split()] for pair in text.split(";")]).reshape(-1, 2)
+    except ValueError as error:
+        raise ValueError(f"not a devices.csv path of 'row col' pairs: {text[:60]!r}") from error
 
 
 def draw_devices(
