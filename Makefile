@@ -33,11 +33,12 @@ CKPT_DIR ?= models
 RESULTS ?=
 VIEWER_ARGS ?=
 VIEWER_PORT = $(if $(filter command line environment,$(origin PORT)),$(PORT),8080)
-# Debian packages the tests need (installed as root, once): chromium for the viewer's browser test.
-SYSTEM_PACKAGES := chromium
+# Debian packages the tests need (installed as root, once): chromium for the viewer's browser test, Orthanc and
+# its DICOMweb plugin for the DICOMweb tests.
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb
 
 .PHONY: demo test test-quick setup setup-dev setup-label label-server clean-demo
-.PHONY: viewer shortcut
+.PHONY: viewer shortcut dicomweb
 
 setup: $(VENV)/.runtime-installed
 setup-dev: $(VENV)/.dev-installed
@@ -55,7 +56,7 @@ $(VENV)/.dev-installed: $(VENV)/.runtime-installed requirements-dev.txt
 
 # Re-checked when the Makefile (SYSTEM_PACKAGES) changes; apt-get runs only for what is missing.
 $(VENV)/.system-packages: Makefile
-	command -v chromium >/dev/null && dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update && \
+	command -v chromium >/dev/null && test -x /usr/sbin/Orthanc && dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { apt-get update && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(SYSTEM_PACKAGES); }
 	mkdir -p $(VENV)
 	touch $@
@@ -103,6 +104,17 @@ label-server: $(VENV)/.runtime-installed $(LABEL_VENV)/.installed
 viewer: $(VENV)/.runtime-installed
 	PYTHONPATH=. $(PY) -m scripts.serving.viewer --ckpt_dir $(CKPT_DIR) $(if $(RESULTS),--results $(RESULTS)) \
 		--port $(VIEWER_PORT) $(VIEWER_ARGS)
+
+# Inference next to a PACS: new frontal CR/DX radiographs on the DICOMweb server DICOMWEB_URL, their SEGs stored back;
+# the ledger and each run's results in DICOMWEB_OUT (credentials: $$DICOMWEB_USERNAME / $$DICOMWEB_PASSWORD, $$DICOMWEB_TOKEN
+# or $$DICOMWEB_AUTH_FILE). DICOMWEB_ARGS: --since, --study, --series, --modality, --override...
+DICOMWEB_URL ?=
+DICOMWEB_OUT ?= runs/dicomweb
+DICOMWEB_ARGS ?=
+dicomweb: $(VENV)/.runtime-installed
+	@test -n "$(DICOMWEB_URL)" || { echo "make dicomweb DICOMWEB_URL=http://host:8042/dicom-web [DICOMWEB_OUT=...]"; exit 2; }
+	PYTHONPATH=. $(PY) -m scripts.serving.dicomweb --url $(DICOMWEB_URL) --output_dir $(DICOMWEB_OUT) \
+		--ckpt_dir $(CKPT_DIR) $(DICOMWEB_ARGS)
 
 # The shortcut experiment (docs/README.md, "A shortcut, shown"): the demo model, plain and with an image head, trained
 # where chest drains go with pneumothorax (correlated) and where they do not (independent), on the same chests and

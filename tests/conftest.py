@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny synthetic SIIM data set, and a runner for the bundle's command lines."""
+"""Shared fixtures: a tiny synthetic SIIM data set, the stand-in network's checkpoint, and a runner for the bundle's
+command lines."""
 
 import os
 import subprocess
@@ -21,6 +22,18 @@ def tiny_siim(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_siim")
     generate_dataset(out, n=20, seed=3, rows=96, cols=96, n_test=2, positive_share=0.5)
     return out
+
+
+@pytest.fixture(scope="session")
+def brightness_ckpt(tmp_path_factory) -> Path:
+    """The stand-in network (bright = positive: ``tests.helpers.BrightnessNet``) as a checkpoint folder."""
+    import torch
+
+    from tests.helpers import BrightnessNet
+
+    folder = tmp_path_factory.mktemp("brightness_ckpt")
+    torch.save(BrightnessNet().state_dict(), folder / "model.pt")
+    return folder
 
 
 def bundle_env() -> dict:

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -31,7 +30,7 @@ from scripts.siim.rle_csv import read_rle_csv
 from scripts.synthetic.dataset import generate_dataset
 from scripts.utils.files import safe_name
 from tests.conftest import COMMON, REPO, bundle_env, config_files, run_bundle
-from tests.helpers import BrightnessNet, write_test_dicom
+from tests.helpers import write_test_dicom
 from tests.hostile import jpeg_bomb, rgb_dicom
 
 BRIGHTNESS = str(REPO / "tests" / "configs" / "inference_brightness.json")
@@ -40,11 +39,8 @@ MAX_UPLOAD_MB = 1
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """The stand-in network (bright = positive) as a checkpoint folder."""
-    folder = tmp_path_factory.mktemp("viewer_ckpt")
-    torch.save(BrightnessNet().state_dict(), folder / "model.pt")
-    return folder
+def checkpoint(brightness_ckpt) -> Path:
+    return brightness_ckpt
 
 
 @pytest.fixture(scope="module")

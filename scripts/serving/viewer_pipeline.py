@@ -1,38 +1,28 @@
-"""The viewer's model: the bundle's own inference pipeline, built once, run on one uploaded DICOM at a time.
+"""The viewer's model: the bundle's own inference pipeline (``scripts.serving.bundle_inference``), built once at
+start-up, run on one uploaded DICOM at a time.
 
-:class:`ViewerPipeline` reads ``configs/common.json`` + ``configs/inference.json`` + the ``--override`` files
-(merged as the MONAI Label server merges them: ``scripts.serving.label_server.merged_config``) with ``ckpt_dir``
-set, and builds what makes the answer at start-up: the network (with its TTA and ensemble), the image gates, the
-thresholds and the gate threshold. Each :meth:`ViewerPipeline.predict` then runs the configs' own ``evaluator``
-(dataset, preprocessing, inferer, post-processing, ``InferenceWriter``) with ``dataset_dir`` the uploaded file and
+Each :meth:`ViewerPipeline.predict` runs the configs' own ``evaluator`` with ``dataset_dir`` the uploaded file and
 ``output_dir`` the request's folder, overlays and Grad-CAM heatmaps on. So an upload gets exactly the files
 ``python -m monai.bundle run ... inference.json`` writes for it (``scripts.serving.viewer_results`` reads them).
-
-The network is one shared object: :meth:`~ViewerPipeline.predict` holds a lock, so one image runs at a time.
+The network is one shared object: one image runs at a time.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 import os
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pydicom
 
 from scripts.data.reader import file_problem, max_file_bytes, size_problem
-from scripts.serving.label_server import merged_config
+from scripts.serving.bundle_inference import BundleInference
 from scripts.serving.viewer_results import ImageResult, read_result_folder
-from scripts.utils.metadata import BUNDLE_ROOT
 
 __all__ = ["RejectedInput", "ViewerPipeline"]
 
-logger = logging.getLogger(__name__)
 
-#: Built once at start-up and kept: the model and its decision rules.
-_MODEL_IDS = ("network", "gates", "thresholds", "gate", "image_size")
 #: For every request: overlays and heatmaps to show; loading and writing in the request's thread (a worker
 #: process per image would cost more than the image).
 _VIEWER_SETTINGS = {"write_overlays": True, "write_heatmaps": True, "num_workers": 0, "write_workers": 0}
@@ -46,8 +36,8 @@ class RejectedInput(ValueError):
         self.status = status
 
 
-class ViewerPipeline:
-    """``configs/inference.json`` with ``ckpt_dir`` and ``overrides``, its model built once.
+class ViewerPipeline(BundleInference):
+    """``configs/inference.json`` with ``ckpt_dir`` and ``overrides``, its model built once, overlays and heatmaps on.
 
     Args:
         ckpt_dir: the folder of ``model.pt`` (its ``model.json`` and ``thresholds.json`` beside it).
@@ -55,23 +45,7 @@ class ViewerPipeline:
     """
 
     def __init__(self, ckpt_dir: str | os.PathLike, overrides: list[str | os.PathLike] = ()) -> None:
-        from monai.bundle import ConfigParser
-
-        ckpt_dir = Path(ckpt_dir).resolve()
-        if not (ckpt_dir / "model.pt").is_file():
-            raise FileNotFoundError(f"--ckpt_dir {ckpt_dir} holds no model.pt (train the bundle first)")
-        self.parser = ConfigParser(merged_config("inference.json", [Path(p) for p in overrides]))
-        self.parser["bundle_root"] = str(BUNDLE_ROOT)
-        self.parser["ckpt_dir"] = str(ckpt_dir)
-        for key, value in _VIEWER_SETTINGS.items():
-            self.parser[key] = value
-        for key in _MODEL_IDS:
-            self.parser[key] = self.parser.get_parsed_content(key)
-        self.max_pixels = int(self.parser.get_parsed_content("max_image_pixels"))
-        self.checkpoints = [str(path) for path in self.parser.get_parsed_content("checkpoints")]
-        self.thresholds, self.gate = self.parser["thresholds"], self.parser["gate"]
-        self._lock = threading.Lock()
-        logger.info("viewer model: %s, thresholds %s, gate %s", ", ".join(self.checkpoints), self.thresholds, self.gate)
+        super().__init__(ckpt_dir, overrides, _VIEWER_SETTINGS)
 
     def predict(self, dicom: str | os.PathLike, output_dir: str | os.PathLike) -> ImageResult:
         """Run inference on one DICOM file into ``output_dir`` (a new folder) and return its result.
@@ -83,10 +57,7 @@ class ViewerPipeline:
         """
         dicom, output_dir = Path(dicom), Path(output_dir)
         self._check(dicom)
-        with self._lock:
-            self.parser["dataset_dir"] = str(dicom)
-            self.parser["output_dir"] = str(output_dir)
-            self.parser.get_parsed_content("evaluator").run()
+        self.run(dicom, output_dir)
         results = read_result_folder(output_dir)
         if not results:  # lost: loading failed, or the input rules left it out
             reasons = _reasons(output_dir / "skipped.csv") + _reasons(output_dir / "errors.csv")
