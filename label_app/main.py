@@ -8,7 +8,9 @@ bundle tasks to single-frame 2-D DICOMs:
 * inference: the prediction is ``(1, cols, rows)``; it is squeezed to ``(cols, rows)`` after ``Restored`` and
   written as a uint8 ``.nii.gz`` (or PNG on request), so the label has the DICOM's rows x columns;
 * training: MONAI Label runs the bundle without its ``initialize`` step; this app runs it (the early-stopping
-  handler needs the trainer it sets).
+  handler needs the trainer it sets);
+* a DICOMweb server as the datastore (``--studies http://.../dicom-web``): ``pacs_datastore`` lists the CR/DX series,
+  serves each as its one DICOM file and stores labels as DICOM SEG (MONAI Label's own datastore is for volumes).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
+from pacs_datastore import RadiographDicomwebDatastore, served_modalities
 
 from scripts.serving.label_server import MODEL_NAME
 from scripts.utils.metadata import bundle_identity
@@ -96,6 +99,27 @@ class PneumothoraxApp(MONAILabelApp):
             description="2-D pneumothorax segmentation of chest radiographs (research use only)",
             version=identity.version,
         )
+
+    def init_remote_datastore(self):
+        """A DICOMweb server (``--studies http(s)://...``): MONAI Label's client and settings (credentials from
+        ``MONAI_LABEL_DICOMWEB_USERNAME`` / ``_PASSWORD``, cache in ``MONAI_LABEL_DICOMWEB_CACHE_PATH``), the
+        radiograph datastore; no dcmqi."""
+        from dicomweb_client.session_utils import create_session_from_user_pass
+        from monailabel.config import settings
+        from monailabel.datastore.dicom import DICOMwebClientX
+
+        session = None
+        if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+            session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                    settings.MONAI_LABEL_DICOMWEB_PASSWORD)  # fmt: skip
+        client = DICOMwebClientX(url=self.studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                                 wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                                 stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)  # fmt: skip
+        bundle_python = os.environ.get("BUNDLE_PYTHON")
+        if not bundle_python:
+            raise RuntimeError("BUNDLE_PYTHON is not set: start the server with scripts.serving.label_server")
+        cache = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+        return RadiographDicomwebDatastore(client, served_modalities(self.served_bundle), bundle_python, cache)
 
     def init_infers(self):
         task = PneumothoraxInfer(self.served_bundle, self.conf)

@@ -1,10 +1,12 @@
-"""MONAI Label end to end: a real server on a loopback port, driven through its HTTP API.
+"""MONAI Label end to end: a real server on a loopback port, driven through its HTTP API, on a folder of DICOMs and
+on a DICOMweb server (a real Orthanc, `tests/orthanc.py`): every test runs against both datastores.
 
 It needs the MONAI Label environment (`make setup-label`, which `make test` builds); without it this test fails.
 The served network is `tests.helpers.BrightnessNet` (bright = pneumothorax), so every mask has a known answer and
 alignment is checked pixel for pixel on a non-square, asymmetric radiograph.
 """
 
+import gzip
 import io
 import json
 import os
@@ -20,12 +22,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
 from scripts.utils.files import safe_name
 from tests.conftest import REPO
 from tests.helpers import BrightnessNet, asymmetric_case, write_test_dicom
+from tests.orthanc import Orthanc
 
 LABEL_VENV = REPO / ".venv-label"
 OVERRIDE = REPO / "tests" / "configs" / "label_brightness.json"
@@ -74,11 +78,12 @@ class Client:
         return json.loads(body)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["folder", "dicomweb"])
+def server(request, tmp_path_factory):
     monailabel = LABEL_VENV / "bin" / "monailabel"
     assert monailabel.is_file(), f"{monailabel} missing: `make setup-label` builds the MONAI Label environment"
-    root = tmp_path_factory.mktemp("label")
+    mode = request.param
+    root = tmp_path_factory.mktemp(f"label_{mode}")
     # a SIIM-like tree: the server must get a flat folder of links, and leave this one untouched
     source = root / "siim" / "dicom-images-train"
     pixels, mask = asymmetric_case(300, 220)
@@ -96,8 +101,20 @@ def server(tmp_path_factory):
     workdir = root / "work"
     log = open(root / "server.log", "w")
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    studies, orthanc, ids = str(root / "siim"), None, {safe_name(uid): uid for uid in truth}
+    if mode == "dicomweb":  # the same films on Orthanc, beside a CT the datastore must not list
+        orthanc = Orthanc(root / "orthanc", users={"label": "label-pass"}).start()
+        for path in sorted(source.rglob("*.dcm")):
+            orthanc.upload(path)
+        ct = write_test_dicom(root / "ct.dcm", pixels, sop_instance_uid="1.2.826.0.1.3680043.8.498.199", jpeg_quality=None)
+        dataset = pydicom.dcmread(ct)
+        dataset.Modality = "CT"
+        dataset.save_as(ct)
+        orthanc.upload(ct)
+        studies, ids = orthanc.dicomweb, {f"{uid}.2": uid for uid in truth}  # image ids: SeriesInstanceUIDs
+        env.update(DICOMWEB_USERNAME="label", DICOMWEB_PASSWORD="label-pass")
     process = subprocess.Popen(
-        [sys.executable, "-m", "scripts.serving.label_server", "--studies", str(root / "siim"), "--weights", str(weights),
+        [sys.executable, "-m", "scripts.serving.label_server", "--studies", studies, "--weights", str(weights),
          "--override", str(OVERRIDE), "--workdir", str(workdir), "--port", str(port)],
         cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
@@ -112,12 +129,17 @@ def server(tmp_path_factory):
                 log.flush()
                 pytest.fail(f"MONAI Label did not start:\n{(root / 'server.log').read_text()[-6000:]}")
             time.sleep(2)
-    state = {"client": client, "process": process, "root": root, "workdir": workdir, "truth": truth, "log": root / "server.log", "before": before}
+    # truth by image id: the SOPInstanceUID in a folder, the SeriesInstanceUID on a DICOMweb server
+    truth = {image_id: truth[uid] for image_id, uid in ids.items()}
+    state = {"client": client, "process": process, "root": root, "workdir": workdir, "truth": truth, "log": root / "server.log",
+             "before": before, "mode": mode, "orthanc": orthanc, "sops": ids}  # fmt: skip
     yield state
     if process.poll() is None:
         process.kill()
         process.wait()
     log.close()
+    if orthanc is not None:
+        orthanc.stop()
 
 
 def _nifti_mask(payload: bytes, tmp_path: Path) -> np.ndarray:
@@ -134,11 +156,37 @@ def test_info_reports_a_2d_pneumothorax_model(server):
     assert "random" in info["strategies"]
 
 
-def test_datastore_serves_every_dicom_by_sop_instance_uid_without_touching_the_source(server):
-    datastore = server["client"].json("GET", "/datastore/?output=all")
-    assert sorted(datastore["objects"]) == sorted(safe_name(uid) for uid in server["truth"])
-    after = sorted(str(p.relative_to(server["root"])) for p in (server["root"] / "siim").rglob("*"))
-    assert after == server["before"]
+def test_datastore_serves_every_radiograph_without_touching_the_source(server):
+    if server["mode"] == "folder":  # every DICOM, by SOPInstanceUID; the user's folder unchanged
+        datastore = server["client"].json("GET", "/datastore/?output=all")
+        assert sorted(datastore["objects"]) == sorted(server["truth"])
+        after = sorted(str(p.relative_to(server["root"])) for p in (server["root"] / "siim").rglob("*"))
+        assert after == server["before"]
+    else:  # every CR/DX series of the server, by SeriesInstanceUID, and never the CT
+        listed = set()
+        for _ in range(len(server["truth"]) + 1):
+            # the random strategy draws among the unlabelled images, the least recently drawn first (by far); its
+            # weights are whole seconds since an image was last drawn, so draws within one second fail
+            listed.add(server["client"].json("POST", "/activelearning/random", body={})["id"])
+            time.sleep(1.1)
+        assert listed == set(server["truth"])
+
+
+def test_the_ohif_viewer_and_its_dicomweb_proxy_are_served(server):
+    status, page = server["client"].request("GET", "/ohif/")
+    assert status == 200 and b"<html" in page.lower() and b"app-config.js" in page
+    status, config = server["client"].request("GET", "/ohif/app-config.js")
+    assert status == 200 and b"/proxy/dicom/qido" in config
+    if server["mode"] == "folder":  # the page is there, but it shows only what a DICOMweb server behind it holds
+        status, _ = server["client"].request("GET", "/proxy/dicom/qido/studies")
+        assert status != 200
+        return
+    status, studies = server["client"].request("GET", "/proxy/dicom/qido/studies")
+    assert status == 200, studies[:500]
+    if studies[:2] == b"\x1f\x8b":  # the proxy passes Orthanc's gzip encoding on
+        studies = gzip.decompress(studies)
+    found = {str(item["0020000D"]["Value"][0]) for item in json.loads(studies)}
+    assert {f"{uid}.1" for uid in server["sops"].values()} <= found  # the films' studies, through the proxy
 
 
 def test_inference_by_image_id_gives_an_aligned_2d_uint8_label(server, tmp_path):
@@ -164,7 +212,7 @@ def test_inference_as_png_on_request(server, tmp_path):
 
 def test_inference_on_an_uploaded_file(server, tmp_path):
     uid, truth = list(server["truth"].items())[1]
-    [dicom] = (server["root"] / "siim").rglob(f"{uid}.dcm")
+    [dicom] = (server["root"] / "siim").rglob(f"{server['sops'][uid]}.dcm")
     status, payload = server["client"].request(
         "POST", f"/infer/{MODEL}?output=image", fields={"params": "{}"}, files={"file": dicom}
     )
@@ -180,6 +228,19 @@ def test_saved_labels_train_the_model_and_the_next_inference_reloads_it(server, 
         client.json("PUT", f"/datastore/label?image={uid}&tag=final", fields={"params": "{}"}, files={"label": label})
     labelled = client.json("GET", "/datastore/?output=all")["objects"]
     assert sum("final" in obj.get("labels", {}) for obj in labelled.values()) == 3
+    if server["mode"] == "dicomweb":  # each label is a MANUAL SEG in its image's study, equal to the label sent
+        from scripts.inference.dicom_seg import read_segmentation_mask
+
+        orthanc, segs = server["orthanc"], {}
+        for orthanc_id in orthanc.find(Modality="SEG"):
+            stored = orthanc.dicom(orthanc_id)
+            seg = pydicom.dcmread(io.BytesIO(stored))
+            segs[str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)] = (seg, stored)
+        assert sorted(segs) == sorted(list(server["truth"])[:3])
+        for image_id, (seg, stored) in segs.items():
+            assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
+            assert seg.StudyInstanceUID == f"{server['sops'][image_id]}.1"
+            np.testing.assert_array_equal(read_segmentation_mask(io.BytesIO(stored)).astype(bool), server["truth"][image_id])
     model = server["workdir"] / "bundle" / "models" / "model.pt"
     before = (model.stat().st_mtime_ns, model.read_bytes())
     params = {"max_epochs": 1, "val_split": 0.34, "device": "cpu"}
@@ -192,6 +253,9 @@ def test_saved_labels_train_the_model_and_the_next_inference_reloads_it(server, 
     assert status == 200
     np.testing.assert_array_equal(_nifti_mask(payload, tmp_path).T.astype(bool), truth)
     assert "Reload model from cache" in server["log"].read_text(), "the server did not reload the new weights"
+    if server["mode"] == "dicomweb":  # the training labels came from the SEGs on the server
+        for image_id in list(server["truth"])[:3]:
+            assert f"training label of {image_id} read from SEG series" in server["log"].read_text()
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):

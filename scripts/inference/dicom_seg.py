@@ -49,8 +49,13 @@ def write_segmentation(
     algorithm_name: str | None = None,
     algorithm_version: str | None = None,
     description: str | None = None,
+    manual: bool = False,
 ) -> list[str]:
     """Write ``mask`` (image orientation ``(rows, cols)``, non-zero = pneumothorax) as a binary DICOM SEG.
+
+    ``manual``: the mask is a person's annotation (a label saved through MONAI Label): segment algorithm type MANUAL,
+    no algorithm named, series "Pneumothorax annotation". Otherwise it is the bundle's prediction: AUTOMATIC, the
+    bundle named as the algorithm.
 
     ``description`` becomes the segment's Segment Description (0062,0006), e.g. the image-level probability
     inference puts there (at most 64 characters, the attribute's LO limit).
@@ -78,13 +83,14 @@ def write_segmentation(
     algorithm = hd.AlgorithmIdentificationSequence(
         name=algorithm_name, version=algorithm_version, family=codes.cid7162.ArtificialIntelligence
     )
+    kind = hd.seg.SegmentAlgorithmTypeValues.MANUAL if manual else hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
     segment = hd.seg.SegmentDescription(
         segment_number=1,
         segment_label=SEGMENT_LABEL,
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Pneumothorax,
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm,
+        algorithm_type=kind,
+        algorithm_identification=None if manual else algorithm,
     )
     if description:
         if len(description) > 64 or "\\" in description:
@@ -114,7 +120,7 @@ def write_segmentation(
         warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name.*")
         # text invalid in its character set is reported below, by attribute, rather than warned about by pydicom
         warnings.filterwarnings("ignore", message="Failed to decode byte string")
-        seg = _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version)
+        seg = _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version, manual)
         copied = _keep_stored_text(seg, original, stored)
     if character_set:
         seg.SpecificCharacterSet = character_set if len(character_set) > 1 else character_set[0]
@@ -123,7 +129,7 @@ def write_segmentation(
     return stored_text_problems(character_set, {tag: stored[tag] for tag in copied})
 
 
-def _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version):
+def _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version, manual=False):
     return hd.seg.Segmentation(
         source_images=[source],
         pixel_array=(mask > 0).astype(np.uint8),
@@ -137,7 +143,7 @@ def _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version):
         manufacturer_model_name=algorithm_name,
         software_versions=algorithm_version,
         device_serial_number="none",
-        series_description="Pneumothorax segmentation (research use only)",
+        series_description="Pneumothorax annotation" if manual else "Pneumothorax segmentation (research use only)",
         omit_empty_frames=False,
     )
 

@@ -17,6 +17,11 @@ It prepares, under ``--workdir`` (default ``runs/label``), without copying or to
   network it defines (and ``image_size`` the size it was trained at), so MONAI Label fine-tunes the network the
   weights belong to as they were trained.
 
+``--studies`` can also be a DICOMweb server (``http(s)://.../dicom-web``): then nothing is linked, the app serves
+the server's CR/DX series (``label_app/pacs_datastore.py``, with its cache in ``--workdir``), and saved labels go back
+to it as DICOM SEG. Credentials: ``$DICOMWEB_USERNAME`` and ``$DICOMWEB_PASSWORD``, or ``--auth_file`` /
+``$DICOMWEB_AUTH_FILE`` (``scripts.serving.pacs.read_credentials``); MONAI Label's client takes basic auth only.
+
 Then it replaces itself with ``monailabel start_server`` (from ``--venv``, default ``.venv-label``) on
 ``127.0.0.1``, offline, so Ctrl-C or SIGTERM stops the server cleanly.
 """
@@ -39,7 +44,7 @@ from scripts.siim.image_id import dicom_image_id
 from scripts.utils.files import safe_name
 from scripts.utils.metadata import BUNDLE_ROOT
 
-__all__ = ["merged_config", "prepare_bundle", "prepare_studies", "server_command"]
+__all__ = ["dicomweb_environment", "is_dicomweb", "merged_config", "prepare_bundle", "prepare_studies", "server_command"]
 
 REPO = BUNDLE_ROOT
 logger = logging.getLogger(__name__)
@@ -138,10 +143,39 @@ def prepare_bundle(bundle: str | os.PathLike, weights: str | os.PathLike | None,
     return bundle
 
 
-def server_command(venv: Path, studies: Path, bundle: Path, host: str, port: int) -> tuple[list[str], dict]:
+def is_dicomweb(studies: str | os.PathLike) -> bool:
+    return str(studies).startswith(("http://", "https://"))
+
+
+def dicomweb_environment(url: str, workdir: Path, auth_file: str | None = None) -> dict[str, str]:
+    """The settings MONAI Label and the app read for a DICOMweb datastore at ``url``.
+
+    Raises:
+        ValueError: the URL carries credentials, or the credentials are a bearer token (which MONAI Label 0.8.5's
+            DICOMweb client cannot send).
+    """
+    from urllib.parse import urlsplit
+
+    from scripts.serving.pacs import read_credentials
+
+    if urlsplit(url).username or urlsplit(url).password:
+        raise ValueError("--studies: credentials do not go in the URL; set $DICOMWEB_USERNAME and $DICOMWEB_PASSWORD")
+    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(workdir / "dicomweb-cache"), "BUNDLE_PYTHON": sys.executable}
+    credentials = read_credentials(auth_file=auth_file)
+    if credentials is not None and credentials.token:
+        raise ValueError("MONAI Label 0.8.5 sends DICOMweb credentials as basic auth only: give a username and password")
+    if credentials is not None:
+        env["MONAI_LABEL_DICOMWEB_USERNAME"] = credentials.username
+        env["MONAI_LABEL_DICOMWEB_PASSWORD"] = credentials.password
+    return env
+
+
+def server_command(venv: Path, studies: Path | str, bundle: Path, host: str, port: int,
+                   extra_env: dict[str, str] | None = None) -> tuple[list[str], dict]:  # fmt: skip
     """The ``monailabel start_server`` command line and environment."""
     env = dict(os.environ)
     env["MONAI_LABEL_DATASTORE_FILE_EXT"] = '["*.dcm","*.nii.gz"]'
+    env.update(extra_env or {})
     env["PYTHONPATH"] = os.pathsep.join([str(bundle), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     # the `monailabel` launcher is a shell script that runs whatever `python` comes first on PATH
     env["PATH"] = os.pathsep.join([str(venv / "bin"), env.get("PATH", "")])
@@ -171,7 +205,9 @@ def server_command(venv: Path, studies: Path, bundle: Path, host: str, port: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--studies", required=True, help="folder of DICOMs (SIIM tree or flat) or one file")
+    parser.add_argument("--studies", required=True,
+                        help="folder of DICOMs (SIIM tree or flat), one file, or a DICOMweb URL")  # fmt: skip
+    parser.add_argument("--auth_file", help="DICOMweb credentials file (JSON username and password)")
     parser.add_argument("--weights", default=str(REPO / "models" / "model.pt"), help="state dict to serve first")
     parser.add_argument("--override", action="append", default=[], help="config override file (repeatable)")
     parser.add_argument("--workdir", default=str(REPO / "runs" / "label"))
@@ -182,13 +218,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     workdir = Path(args.workdir).resolve()
-    counts = prepare_studies(args.studies, workdir / "studies")
+    extra_env = {}
+    if is_dicomweb(args.studies):
+        try:
+            extra_env = dicomweb_environment(args.studies, workdir, args.auth_file)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        studies = args.studies
+        print(f"studies: the CR/DX series of the DICOMweb server {studies}")
+    else:
+        studies = workdir / "studies"
+        counts = prepare_studies(args.studies, studies)
+        print(
+            f"studies: {counts['linked']} DICOMs linked in {studies} ({counts['unreadable']} unreadable, {counts['duplicates']} duplicate ImageIds, "
+            f"{counts['skipped']} non-DICOM files skipped)"
+        )
     bundle = prepare_bundle(workdir / "bundle", args.weights, [Path(p) for p in args.override])
-    print(
-        f"studies: {counts['linked']} DICOMs linked in {workdir / 'studies'} ({counts['unreadable']} unreadable, {counts['duplicates']} duplicate ImageIds, "
-        f"{counts['skipped']} non-DICOM files skipped); served bundle: {bundle}"
-    )
-    command, env = server_command(Path(args.venv), workdir / "studies", bundle, args.host, args.port)
+    print(f"served bundle: {bundle}")
+    command, env = server_command(Path(args.venv), studies, bundle, args.host, args.port, extra_env)
     if args.prepare_only:
         print(" ".join(command))
         return 0

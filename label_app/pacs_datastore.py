@@ -1,0 +1,150 @@
+"""MONAI Label's DICOMweb datastore, fitted to chest radiographs: the app uses it when ``--studies`` is a URL.
+
+MONAI Label 0.8.5's ``DICOMWebDatastore`` is built for CT and MR volumes: it lists series of one modality (CT by
+default), turns each series into a NIfTI volume, and writes labels as SEG with dcmqi, which it downloads at start-up
+and which refuses a projection radiograph (no image position or orientation). This subclass keeps its cache, its
+image ids (SeriesInstanceUIDs) and its HTTP client, and changes what does not fit:
+
+* images: the series of every modality the served bundle's input rules admit (``input_rules#modalities``: CR, DX),
+  one search per modality; an image is the series' one DICOM file, served as it is (the bundle's reader and
+  orientation, exactly as for a local folder). A series of several instances is refused with a clear error;
+* labels: a ``final`` label is stored on the server as a DICOM SEG in the image's study, marked MANUAL (a person's
+  annotation), by ``scripts.serving.label_seg`` in the bundle's own environment (``$BUNDLE_PYTHON``: highdicom
+  needs pydicom 3); the labelled images are those with such a SEG. The SEGs the bundle's inference stores
+  (AUTOMATIC) are results, not training data, and are left out;
+* training data: each labelled image's SEG is fetched from the server and turned back into a label file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom import Dataset
+
+logger = logging.getLogger(__name__)
+
+#: Segment algorithm types that mark a SEG as a person's label (AUTOMATIC ones are the bundle's results).
+LABEL_ALGORITHM_TYPES = ("MANUAL", "SEMIAUTOMATIC")
+_SEG_ALGORITHM_TYPE = "00620008"
+_SEGMENT_SEQUENCE = "00620002"
+_REFERENCED_SERIES = "00081115"
+
+
+class RadiographDicomwebDatastore(DICOMWebDatastore):
+    """``DICOMWebDatastore`` for single-frame radiographs of ``modalities``; ``bundle_python`` runs the SEG
+    conversions (see the module docstring)."""
+
+    def __init__(self, client, modalities: list[str], bundle_python: str, cache_path: str | None = None) -> None:
+        self.modalities = [str(m).upper() for m in modalities]
+        self.bundle_python = bundle_python
+        super().__init__(client, {"Modality": ",".join(self.modalities)}, cache_path=cache_path,
+                         fetch_by_frame=False, convert_to_nifti=False)  # fmt: skip
+
+    # -- images -------------------------------------------------------------------------------------------------
+
+    def list_images(self) -> list[str]:
+        series = []
+        for modality in self.modalities:
+            for found in self._client.search_for_series(search_filters={"Modality": modality}):
+                uid = str(Dataset.from_json(found)["SeriesInstanceUID"].value)
+                if uid not in series:
+                    series.append(uid)
+        return series
+
+    def get_image_uri(self, image_id: str) -> str:
+        """The series' one DICOM file, fetched once into the cache."""
+        cached = LocalDatastore.get_image_uri(self, image_id)
+        if cached and os.path.isfile(cached):
+            return cached
+        study = self._study_of(image_id)
+        instances = self._client.retrieve_series(study, image_id)
+        if len(instances) != 1:
+            raise ValueError(f"series {image_id} holds {len(instances)} instances; the model segments single "
+                             "radiographs (one instance per series)")  # fmt: skip
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, f"{image_id}.dcm")
+            instances[0].save_as(path)
+            LocalDatastore.add_image(self, image_id, path, {"SeriesInstanceUID": image_id, "StudyInstanceUID": study})
+        return LocalDatastore.get_image_uri(self, image_id)
+
+    def _study_of(self, series_id: str) -> str:
+        found = self._client.search_for_series(search_filters={"SeriesInstanceUID": series_id})
+        matches = [Dataset.from_json(item) for item in found]
+        matches = [item for item in matches if str(item.get("SeriesInstanceUID", "")) == series_id]
+        if not matches:
+            raise ValueError(f"series {series_id} is not on {self._client.base_url}")
+        return str(matches[0].StudyInstanceUID)
+
+    # -- labels -------------------------------------------------------------------------------------------------
+
+    def _label_segs(self) -> list[dict[str, str]]:
+        """``{"image", "study", "series"}`` of every SEG on the server that is a person's label of a listed image."""
+        images = set(self.list_images())
+        labels = []
+        for found in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(found)
+            study, series = str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID)
+            for meta in self._client.retrieve_series_metadata(study, series):
+                kinds = [str(item.get(_SEG_ALGORITHM_TYPE, {}).get("Value", [""])[0])
+                         for item in meta.get(_SEGMENT_SEQUENCE, {}).get("Value", [])]  # fmt: skip
+                referenced = meta.get(_REFERENCED_SERIES, {}).get("Value", [])
+                image = str(referenced[0].get("0020000E", {}).get("Value", [""])[0]) if referenced else ""
+                if image in images and any(kind in LABEL_ALGORITHM_TYPES for kind in kinds):
+                    labels.append({"image": image, "study": study, "series": series})
+        return labels
+
+    def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
+        return sorted({label["image"] for label in self._label_segs()})
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any],
+                   label_id: str = "") -> str:  # fmt: skip
+        if label_tag == DefaultLabelTag.FINAL:
+            image = self.get_image_uri(image_id)
+            with tempfile.TemporaryDirectory() as folder:
+                seg = os.path.join(folder, "seg.dcm")
+                self._convert("to-seg", "--image", image, "--label", label_filename, "--out", seg)
+                from pydicom import dcmread
+
+                dataset = dcmread(seg)
+                self._client.store_instances([dataset], study_instance_uid=str(dataset.StudyInstanceUID))
+                label_info = {**label_info, "SeriesInstanceUID": str(dataset.SeriesInstanceUID),
+                              "StudyInstanceUID": str(dataset.StudyInstanceUID)}  # fmt: skip
+                logger.info("label of %s stored as SEG %s", image_id, dataset.SOPInstanceUID)
+        return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+
+    def _download_labeled_data(self) -> None:
+        """Fetch each labelled image and its latest label SEG, as a label file in the local cache."""
+        for label in self._label_segs():
+            self.get_image_uri(label["image"])
+            instances = self._client.retrieve_series(label["study"], label["series"])
+            with tempfile.TemporaryDirectory() as folder:
+                seg, target = os.path.join(folder, "seg.dcm"), os.path.join(folder, f"{label['image']}.nii.gz")
+                instances[-1].save_as(seg)
+                self._convert("to-label", "--seg", seg, "--out", target)
+                LocalDatastore.save_label(self, label["image"], target, DefaultLabelTag.FINAL,
+                                          {"SeriesInstanceUID": label["series"], "StudyInstanceUID": label["study"]})  # fmt: skip
+            logger.info("training label of %s read from SEG series %s", label["image"], label["series"])
+
+    def _convert(self, *arguments: str) -> None:
+        """``python -m scripts.serving.label_seg ...`` in the bundle's environment; its error becomes ours."""
+        command = [self.bundle_python, "-m", "scripts.serving.label_seg", *arguments]
+        environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
+        result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+        if result.returncode != 0:
+            raise ValueError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
+                             f"{' '.join(command)} failed ({result.returncode})")  # fmt: skip
+
+
+def served_modalities(bundle: str | os.PathLike) -> list[str]:
+    """The modalities the served bundle's input rules admit (``configs/inference.json``, ``input_rules``)."""
+    config = json.loads((Path(bundle) / "configs" / "inference.json").read_text())
+    return list(config.get("input_rules", {}).get("modalities") or ["CR", "DX"])
