@@ -22,6 +22,7 @@ import logging
 import os
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,16 @@ logger = logging.getLogger(__name__)
 
 #: Segment algorithm types that mark a SEG as a person's label (AUTOMATIC ones are the bundle's results).
 LABEL_ALGORITHM_TYPES = ("MANUAL", "SEMIAUTOMATIC")
-_SEG_ALGORITHM_TYPE = "00620008"
-_SEGMENT_SEQUENCE = "00620002"
-_REFERENCED_SERIES = "00081115"
+#: The segment that is a label: segmented property type SCT 36118008 "Pneumothorax" (what the bundle writes).
+PNEUMOTHORAX_CODE = ("SCT", "36118008")
+#: Seconds a search of the server is reused (the active-learning strategies ask for the lists on every request).
+SEARCH_TTL = 30.0
+
+
+def _value(item: dict, tag: str, default: object = "") -> object:
+    """The first value of ``tag`` in a DICOM JSON data set."""
+    values = (item or {}).get(tag, {}).get("Value") or [default]
+    return values[0]
 
 
 class RadiographDicomwebDatastore(DICOMWebDatastore):
@@ -46,12 +54,22 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
     def __init__(self, client, modalities: list[str], bundle_python: str, cache_path: str | None = None) -> None:
         self.modalities = [str(m).upper() for m in modalities]
         self.bundle_python = bundle_python
+        self._searched: dict[str, tuple[float, list]] = {}
         super().__init__(client, {"Modality": ",".join(self.modalities)}, cache_path=cache_path,
                          fetch_by_frame=False, convert_to_nifti=False)  # fmt: skip
 
     # -- images -------------------------------------------------------------------------------------------------
 
+    def _cached(self, key: str, search):
+        now = time.monotonic()
+        if key not in self._searched or now - self._searched[key][0] > SEARCH_TTL:
+            self._searched[key] = (now, search())
+        return self._searched[key][1]
+
     def list_images(self) -> list[str]:
+        return self._cached("images", self._search_images)
+
+    def _search_images(self) -> list[str]:
         series = []
         for modality in self.modalities:
             for found in self._client.search_for_series(search_filters={"Modality": modality}):
@@ -87,20 +105,29 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
     # -- labels -------------------------------------------------------------------------------------------------
 
     def _label_segs(self) -> list[dict[str, str]]:
-        """``{"image", "study", "series"}`` of every SEG on the server that is a person's label of a listed image."""
+        return self._cached("labels", self._search_labels)
+
+    def _search_labels(self) -> list[dict[str, str]]:
+        """``{"image", "study", "series", "segment"}`` of the newest SEG of each listed image that is a person's
+        label of a pneumothorax: a MANUAL or SEMIAUTOMATIC segment coded SCT 36118008 (another tool's lung or
+        nodule segment is not a label of this model). Newest by content date and time, then series date and time."""
         images = set(self.list_images())
-        labels = []
+        newest: dict[str, tuple[tuple, dict]] = {}
         for found in self._client.search_for_series(search_filters={"Modality": "SEG"}):
             seg = Dataset.from_json(found)
             study, series = str(seg.StudyInstanceUID), str(seg.SeriesInstanceUID)
             for meta in self._client.retrieve_series_metadata(study, series):
-                kinds = [str(item.get(_SEG_ALGORITHM_TYPE, {}).get("Value", [""])[0])
-                         for item in meta.get(_SEGMENT_SEQUENCE, {}).get("Value", [])]  # fmt: skip
-                referenced = meta.get(_REFERENCED_SERIES, {}).get("Value", [])
-                image = str(referenced[0].get("0020000E", {}).get("Value", [""])[0]) if referenced else ""
-                if image in images and any(kind in LABEL_ALGORITHM_TYPES for kind in kinds):
-                    labels.append({"image": image, "study": study, "series": series})
-        return labels
+                referenced = (meta.get("00081115", {}).get("Value") or [{}])[0]  # ReferencedSeriesSequence
+                image = str(_value(referenced, "0020000E"))
+                segment = _label_segment(meta)
+                if image not in images or segment is None:
+                    continue
+                when = tuple(str(_value(meta, tag)) for tag in ("00080023", "00080033", "00080021", "00080031"))
+                if image not in newest or when > newest[image][0]:
+                    label = {"image": image, "study": study, "series": series, "segment": str(segment),
+                             "sop": str(_value(meta, "00080018"))}  # fmt: skip
+                    newest[image] = (when, label)
+        return [label for _, label in newest.values()]
 
     def get_labeled_images(self, label_tag: str | None = None, labels: list[str] | None = None) -> list[str]:
         return sorted({label["image"] for label in self._label_segs()})
@@ -115,7 +142,15 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
                 from pydicom import dcmread
 
                 dataset = dcmread(seg)
-                self._client.store_instances([dataset], study_instance_uid=str(dataset.StudyInstanceUID))
+                answer = self._client.store_instances([dataset], study_instance_uid=str(dataset.StudyInstanceUID))
+                stored = [str(item.get("ReferencedSOPInstanceUID", ""))
+                          for item in getattr(answer, "ReferencedSOPSequence", []) or []]  # fmt: skip
+                if str(dataset.SOPInstanceUID) not in stored:
+                    failed = getattr(answer, "FailedSOPSequence", []) or []
+                    reason = failed[0].get("FailureReason", "not given") if failed else "not listed as stored"
+                    raise ValueError(f"{self._client.base_url} did not store the label SEG of {image_id} "
+                                     f"(failure reason {reason})")  # fmt: skip
+                self._searched.pop("labels", None)
                 label_info = {**label_info, "SeriesInstanceUID": str(dataset.SeriesInstanceUID),
                               "StudyInstanceUID": str(dataset.StudyInstanceUID)}  # fmt: skip
                 logger.info("label of %s stored as SEG %s", image_id, dataset.SOPInstanceUID)
@@ -125,14 +160,18 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
         """Fetch each labelled image and its latest label SEG, as a label file in the local cache."""
         for label in self._label_segs():
             self.get_image_uri(label["image"])
-            instances = self._client.retrieve_series(label["study"], label["series"])
+            instance = self._client.retrieve_instance(label["study"], label["series"], label["sop"])
             with tempfile.TemporaryDirectory() as folder:
                 seg, target = os.path.join(folder, "seg.dcm"), os.path.join(folder, f"{label['image']}.nii.gz")
-                instances[-1].save_as(seg)
-                self._convert("to-label", "--seg", seg, "--out", target)
+                instance.save_as(seg)
+                self._convert("to-label", "--seg", seg, "--segment", label["segment"], "--out", target)
                 LocalDatastore.save_label(self, label["image"], target, DefaultLabelTag.FINAL,
                                           {"SeriesInstanceUID": label["series"], "StudyInstanceUID": label["study"]})  # fmt: skip
             logger.info("training label of %s read from SEG series %s", label["image"], label["series"])
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """The label file in the local cache (a saved label, or one read from its SEG for training)."""
+        return LocalDatastore.get_label_uri(self, label_id, label_tag)
 
     def _convert(self, *arguments: str) -> None:
         """``python -m scripts.serving.label_seg ...`` in the bundle's environment; its error becomes ours."""
@@ -142,6 +181,17 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
         if result.returncode != 0:
             raise ValueError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
                              f"{' '.join(command)} failed ({result.returncode})")  # fmt: skip
+
+
+def _label_segment(meta: dict) -> int | None:
+    """The number of the segment of a SEG's metadata that is a person's pneumothorax label, or None."""
+    for item in meta.get("00620002", {}).get("Value") or []:  # SegmentSequence
+        kind = str(_value(item, "00620008")).upper()  # SegmentAlgorithmType
+        code = (item.get("0062000F", {}).get("Value") or [{}])[0]  # SegmentedPropertyTypeCodeSequence
+        designator = str(_value(code, "00080102")).upper()  # CodingSchemeDesignator
+        if kind in LABEL_ALGORITHM_TYPES and (designator, str(_value(code, "00080100"))) == PNEUMOTHORAX_CODE:
+            return int(_value(item, "00620004", 1))  # SegmentNumber
+    return None
 
 
 def served_modalities(bundle: str | os.PathLike) -> list[str]:

@@ -5,6 +5,7 @@ and survives a server that stops mid-run; its credentials, ledger and selection 
 import http.server
 import io
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -74,7 +75,9 @@ def test_the_ledger_keeps_the_last_state_and_drops_a_torn_last_line(tmp_path):
     ledger.record("1.2", "1", "1.0", "failed", reason="HTTP 404 Not Found")
     with open(path, "ab") as handle:  # a run killed in the middle of a record
         handle.write(b'{"sop": "1.3", "stat')
-    again = Ledger(path)
+    reader = Ledger(path)  # a reader leaves the torn line out, and the file as it is (it may be being written)
+    assert reader.state("1.3") is None and path.read_bytes().endswith(b'"stat')
+    again = Ledger(path, repair=True)  # the writer, which holds the lock, cuts it off
     assert again.state("1.1")["status"] == "stored" and again.state("1.1")["seg_uid"] == "9.9"
     assert again.is_done("1.1") and again.is_done("1.2") and not again.is_done("1.2", retry_failed=True)
     assert again.state("1.3") is None and path.read_bytes().endswith(b"\n")
@@ -107,6 +110,11 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
         if self.path.startswith("/slow"):
             time.sleep(1.5)
         status, body = (503, b"busy") if self.path.startswith("/unavailable") else (200, b"<html>not json</html>")
+        if self.path.startswith(("/capped", "/unpaged")):  # 5 instances and a malformed result
+            offset = int(re.search(r"offset=(\d+)", self.path).group(1))
+            found = [_qido(n) for n in range(5)] + [{**_qido(9), "00280008": {"vr": "IS", "Value": ["ab"]}}]
+            # /capped: 2 per page whatever was asked; /unpaged: everything, whatever the offset
+            body = json.dumps(found[offset : offset + 2] if self.path.startswith("/capped") else found).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/dicom+json")
         self.send_header("Content-Length", str(len(body)))
@@ -118,6 +126,12 @@ class Misbehaving(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):
         pass
+
+
+def _qido(number: int) -> dict:
+    uid = UID.format(300 + number)
+    return {"0020000D": {"vr": "UI", "Value": [uid + ".1"]}, "0020000E": {"vr": "UI", "Value": [uid + ".2"]},
+            "00080018": {"vr": "UI", "Value": [uid]}, "00080060": {"vr": "CS", "Value": ["CR"]}}  # fmt: skip
 
 
 @pytest.fixture
@@ -142,6 +156,10 @@ def test_a_failing_slow_or_garbled_server_is_retried_then_named_clearly(misbehav
     slow = DicomwebServer(f"{misbehaving}/slow", retries=1, backoff=0.05, timeout=0.3)
     with pytest.raises(ServerError, match=r"no answer \(timed out\) after 2 tries"):
         list(slow.instances({"Modality": "CR"}))
+    expected = [UID.format(300 + n) for n in range(5)]
+    for kind in ("capped", "unpaged"):  # pages smaller than asked, or limit and offset ignored: each found once
+        server = DicomwebServer(f"{misbehaving}/{kind}", retries=0)
+        assert [ref.sop for ref in server.instances({"Modality": "CR"}, page_size=500)] == expected
     ref = InstanceRef("1.2", "1.2.3", "1.2.3.4", pydicom.Dataset())
     with pytest.raises(ServerError, match="fetch instance 1.2.3.4: HTTP 503"):  # a server error stops the run
         unavailable.fetch(ref, Path("unused.dcm"))

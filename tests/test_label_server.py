@@ -111,6 +111,12 @@ def server(request, tmp_path_factory):
         dataset.Modality = "CT"
         dataset.save_as(ct)
         orthanc.upload(ct)
+        # the bundle's own result for the last film (an AUTOMATIC SEG, as the DICOMweb command stores): not a label
+        from scripts.inference.dicom_seg import write_segmentation
+
+        last = sorted(source.rglob("*.dcm"))[-1]
+        write_segmentation(root / "automatic.dcm", pydicom.dcmread(last), np.ones((300, 220), np.uint8))
+        orthanc.upload(root / "automatic.dcm")
         studies, ids = orthanc.dicomweb, {f"{uid}.2": uid for uid in truth}  # image ids: SeriesInstanceUIDs
         env.update(DICOMWEB_USERNAME="label", DICOMWEB_PASSWORD="label-pass")
     process = subprocess.Popen(
@@ -236,6 +242,9 @@ def test_saved_labels_train_the_model_and_the_next_inference_reloads_it(server, 
             stored = orthanc.dicom(orthanc_id)
             seg = pydicom.dcmread(io.BytesIO(stored))
             segs[str(seg.ReferencedSeriesSequence[0].SeriesInstanceUID)] = (seg, stored)
+        automatic = [uid for uid, (seg, _) in segs.items() if seg.SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"]
+        assert automatic == [list(server["truth"])[3]]
+        segs = {uid: seg for uid, seg in segs.items() if uid not in automatic}
         assert sorted(segs) == sorted(list(server["truth"])[:3])
         for image_id, (seg, stored) in segs.items():
             assert seg.SegmentSequence[0].SegmentAlgorithmType == "MANUAL"
@@ -253,9 +262,11 @@ def test_saved_labels_train_the_model_and_the_next_inference_reloads_it(server, 
     assert status == 200
     np.testing.assert_array_equal(_nifti_mask(payload, tmp_path).T.astype(bool), truth)
     assert "Reload model from cache" in server["log"].read_text(), "the server did not reload the new weights"
-    if server["mode"] == "dicomweb":  # the training labels came from the SEGs on the server
+    if server["mode"] == "dicomweb":  # the training labels came from the MANUAL SEGs on the server, not the AUTOMATIC
+        log = server["log"].read_text()
         for image_id in list(server["truth"])[:3]:
-            assert f"training label of {image_id} read from SEG series" in server["log"].read_text()
+            assert f"training label of {image_id} read from SEG series" in log
+        assert f"training label of {list(server['truth'])[3]}" not in log
 
 
 def test_server_stops_cleanly_on_ctrl_c(server):

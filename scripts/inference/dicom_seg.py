@@ -148,14 +148,15 @@ def _segmentation(hd, source, mask, segment, algorithm_name, algorithm_version, 
     )
 
 
-def read_segmentation_mask(path: str | os.PathLike) -> np.ndarray:
-    """The pneumothorax segment of a SEG written by :func:`write_segmentation`, as a ``(rows, cols)`` uint8 0/1."""
+def read_segmentation_mask(path: str | os.PathLike, segment_number: int = 1) -> np.ndarray:
+    """Segment ``segment_number`` (the pneumothorax of a SEG written by :func:`write_segmentation`) of a SEG of one
+    image, as a ``(rows, cols)`` uint8 0/1."""
     import highdicom as hd
 
     seg = hd.seg.segread(path)
     source_uid = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
     pixels = seg.get_pixels_by_source_instance(
-        source_sop_instance_uids=[source_uid], segment_numbers=[1], combine_segments=True
+        source_sop_instance_uids=[source_uid], segment_numbers=[int(segment_number)], combine_segments=True
     )
     return np.asarray(pixels[0], dtype=np.uint8)
 

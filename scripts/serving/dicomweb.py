@@ -102,7 +102,7 @@ class Poll:
         from monai.bundle import ConfigParser
 
         self.output_dir = Path(self.output_dir)
-        self.ledger = Ledger(self.output_dir / LEDGER)
+        self.ledger = Ledger(self.output_dir / LEDGER, repair=True)  # the caller holds the folder's lock
         rules = ConfigParser(merged_config("inference.json", list(self.overrides))).get_parsed_content("input_rules")
         self.rules = {key: tuple(value) if isinstance(value, (list, tuple)) else value for key, value in rules.items()}
         admitted = [m.upper() for m in self.rules["modalities"]]
@@ -128,9 +128,21 @@ class Poll:
                 self._record(ref, "skipped", reason=problem)
                 continue
             todo.append(ref)
+        if todo:  # the model, before anything is fetched: a missing or broken one stops the run here
+            logger.info("%d new instances; model %s", len(todo), ", ".join(self.pipeline.checkpoints))
         for start in range(0, len(todo), self.batch_size):
             self._batch(todo[start : start + self.batch_size])
         return self.counts
+
+    def _asked_for(self, ref: InstanceRef) -> bool:
+        """Whether a search result is what was asked for: a server may ignore a filter it does not support."""
+        modality = str(ref.attributes.get("Modality", "") or "").upper()
+        if modality and modality not in self.modalities and modality in {m.upper() for m in self.rules["modalities"]}:
+            return False  # a modality of the rules that --modality left out
+        study_date = str(ref.attributes.get("StudyDate", "") or "")
+        if self.since is not None and len(study_date) == 8 and study_date.isdigit():
+            return study_date >= self.since.strftime("%Y%m%d")
+        return True
 
     def _search(self) -> Iterable[InstanceRef]:
         seen = set()
@@ -141,7 +153,7 @@ class Poll:
                 if scope:
                     filters[scope[0]] = scope[1]
                 for ref in self.server.instances(filters, SEARCH_FIELDS):
-                    if ref.sop not in seen:
+                    if ref.sop not in seen and self._asked_for(ref):
                         seen.add(ref.sop)
                         self.counts["found"] += 1
                         yield ref
@@ -150,7 +162,9 @@ class Poll:
         """Store the SEGs an earlier run wrote but did not store; the SOPInstanceUIDs of those it could store."""
         stored = set()
         for sop, record in list(self.ledger.states.items()):
-            if record["status"] != "inferred":
+            # a SEG written but not stored; with --retry_failed also one whose store failed (the same file again)
+            if not (record["status"] == "inferred" or (self.retry_failed and record["status"] == "failed"
+                                                       and record.get("seg_file"))):  # fmt: skip
                 continue
             seg = self.output_dir / record.get("seg_file", "")
             if not seg.is_file():  # its batch folder is gone: infer it again
@@ -176,12 +190,32 @@ class Poll:
                     continue
                 by_file[path.name] = ref
             if by_file:
-                self.pipeline.run(incoming, results)
-                self._read_results(results, by_file, name)
+                self._infer(incoming, results, by_file, name)
         finally:
             if not self.keep_inputs:
                 shutil.rmtree(incoming, ignore_errors=True)
                 _remove_if_empty(incoming.parent)
+
+    def _infer(self, incoming: Path, results: Path, by_file: dict[str, InstanceRef], name: str) -> None:
+        """Inference on a batch; if it fails as a whole, on each of its instances alone, so that the one that makes
+        it fail is recorded as failed and the others are done."""
+        try:
+            self.pipeline.run(incoming, results)
+        except Exception as error:
+            if len(by_file) == 1:
+                [ref] = by_file.values()
+                self._record(ref, "failed", reason=f"inference failed: {type(error).__name__}: {error}", batch=name)
+                return
+            logger.warning("batch %s failed (%s: %s); its %d instances one by one", name, type(error).__name__,
+                           error, len(by_file))  # fmt: skip
+            for index, (file_name, ref) in enumerate(sorted(by_file.items())):
+                alone = incoming / f"alone-{index}"
+                alone.mkdir()
+                (incoming / file_name).rename(alone / file_name)
+                self._infer(alone, results.with_name(f"{results.name}-{index + 1}"), {file_name: ref},
+                            f"{name}-{index + 1}")  # fmt: skip
+            return
+        self._read_results(results, by_file, name)
 
     def _read_results(self, results: Path, by_file: dict[str, InstanceRef], batch: str) -> None:
         reasons = {**_reasons(results / "errors.csv", "failed"), **_reasons(results / "skipped.csv", "skipped")}
@@ -295,17 +329,24 @@ def main(argv: list[str] | None = None) -> int:
         server = DicomwebServer(args.url, read_credentials(auth_file=args.auth_file), retries=args.retries,
                                 backoff=args.backoff, timeout=args.timeout)  # fmt: skip
         lock = _lock(output_dir)
+    except (ValueError, RuntimeError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
         poll = Poll(server, output_dir, Path(args.ckpt_dir), [Path(p) for p in args.override], args.modality,
                     args.since, args.study, args.series, args.batch_size, args.retry_failed, args.keep_inputs)  # fmt: skip
-    except (ValueError, RuntimeError, FileNotFoundError) as error:
+    except (ValueError, RuntimeError, OSError) as error:
+        os.close(lock)
         print(f"error: {error}", file=sys.stderr)
         return 2
     try:
         counts = poll.run()
-    except ServerError as error:
+    except Exception as error:
         done = sum(poll.counts[s] for s in ("stored", "negative", "skipped", "failed"))
-        print(f"error: {error}\n{done} instances finished in this run are recorded in {output_dir / LEDGER}; "
-              "run again when the server answers to go on", file=sys.stderr)  # fmt: skip
+        text = str(error) if isinstance(error, ServerError) else f"{type(error).__name__}: {error}"
+        hint = "run again when the server answers to go on" if isinstance(error, ServerError) else "run again to go on"
+        print(f"error: {text}\n{done} instances finished in this run are recorded in {output_dir / LEDGER}; {hint}",
+              file=sys.stderr)  # fmt: skip
         return 1
     finally:
         os.close(lock)

@@ -5,7 +5,7 @@ the app (``label_app/pacs_datastore.py``) runs this module with the bundle's own
 environment ``scripts.serving.label_server`` runs in):
 
     python -m scripts.serving.label_seg to-seg --image image.dcm --label label.nii.gz --out seg.dcm
-    python -m scripts.serving.label_seg to-label --seg seg.dcm --out label.nii.gz
+    python -m scripts.serving.label_seg to-label --seg seg.dcm --out label.nii.gz [--segment N]
 
 A label file is what MONAI Label saves and serves (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.png``), in the layout
 MONAI loads the DICOM in, ``(cols, rows)``: the bundle's inference writes its masks so, and ``LabelToMaskd``
@@ -50,11 +50,12 @@ def label_to_seg(image: str | os.PathLike, label: str | os.PathLike, out: str | 
     return Path(out)
 
 
-def seg_to_label(seg: str | os.PathLike, out: str | os.PathLike) -> Path:
-    """Write the pneumothorax segment of the SEG ``seg`` as a uint8 NIfTI label ``out`` in ``(cols, rows)``."""
+def seg_to_label(seg: str | os.PathLike, out: str | os.PathLike, segment: int = 1) -> Path:
+    """Write segment ``segment`` (the pneumothorax) of the SEG ``seg`` as a uint8 NIfTI label ``out`` in
+    ``(cols, rows)``."""
     import nibabel as nib
 
-    mask = read_segmentation_mask(seg)
+    mask = read_segmentation_mask(seg, segment_number=segment)
     image = nib.Nifti1Image(np.ascontiguousarray(mask.T, dtype=np.uint8), np.eye(4))
     with atomic_open(out, "wb") as handle:
         handle.write(gzip.compress(image.to_bytes()) if str(out).endswith(".gz") else image.to_bytes())
@@ -70,13 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     to_seg.add_argument("--out", required=True)
     to_label = commands.add_parser("to-label", help="DICOM SEG -> label file")
     to_label.add_argument("--seg", required=True)
+    to_label.add_argument("--segment", type=int, default=1, help="the pneumothorax segment's number")
     to_label.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     try:
         if args.command == "to-seg":
             label_to_seg(args.image, args.label, args.out)
         else:
-            seg_to_label(args.seg, args.out)
+            seg_to_label(args.seg, args.out, args.segment)
     except Exception as error:  # one line for the app's log and its HTTP answer
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

@@ -34,12 +34,16 @@ DONE = ("stored", "negative", "skipped", "failed")
 class Ledger:
     """The journal at ``path`` (created on the first record); :attr:`states` is the last record per SOPInstanceUID.
 
+    ``repair``: cut a torn last line off the file (only the writer, which holds the poller's lock, may); a reader
+    just leaves it out, since it may be a record being appended.
+
     Raises:
         ValueError: a line other than the last is not a record (the file is not a ledger, or was edited).
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, repair: bool = False) -> None:
         self.path = Path(path)
+        self.repair = repair
         self.states: dict[str, dict] = {}
         if self.path.exists():
             self._load()
@@ -47,7 +51,7 @@ class Ledger:
     def _load(self) -> None:
         data = self.path.read_bytes()
         complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):  # a record torn by a killed run: it never happened
+        if len(complete) < len(data) and self.repair:  # a record torn by a killed run: it never happened
             with open(self.path, "r+b") as handle:
                 handle.truncate(len(complete))
                 os.fsync(handle.fileno())

@@ -18,6 +18,7 @@ that carries them is refused.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ ENV_USERNAME = "DICOMWEB_USERNAME"
 ENV_PASSWORD = "DICOMWEB_PASSWORD"
 ENV_AUTH_FILE = "DICOMWEB_AUTH_FILE"
 _RETRIED_STATUSES = (429, 500, 502, 503, 504)
+logger = logging.getLogger(__name__)
 _UIDS = {"0020000D": "StudyInstanceUID", "0020000E": "SeriesInstanceUID", "00080018": "SOPInstanceUID"}
 
 
@@ -144,17 +146,19 @@ class DicomwebServer:
         from dicomweb_client.api import DICOMwebClient
 
         parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"--url {url!r}: not an http(s) URL of a DICOMweb service")
-        if parts.username or parts.password:
+        if "@" in parts.netloc or parts.username or parts.password:
             raise ValueError(f"--url: credentials do not go in the URL; set ${ENV_USERNAME} and ${ENV_PASSWORD}, "
                              f"${ENV_TOKEN}, or an --auth_file")  # fmt: skip
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"--url {url!r}: not an http(s) URL of a DICOMweb service")
+        if parts.query:
+            raise ValueError("--url: a query string does not go in the URL (a token goes in $DICOMWEB_TOKEN)")
         self.url = url.rstrip("/")
         self.tries = retries + 1
         session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0, backoff_factor=backoff / 2,
                       status_forcelist=_RETRIED_STATUSES, allowed_methods=None, raise_on_status=False,
-                      respect_retry_after_header=True)  # fmt: skip
+                      respect_retry_after_header=True, retry_after_max=max(60.0, 8 * backoff))  # fmt: skip
         adapter = HTTPAdapter(max_retries=retry)
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -167,32 +171,42 @@ class DicomwebServer:
 
     def instances(self, filters: Mapping[str, str], fields: Sequence[str] = (), page_size: int = 500,
                   study: str | None = None, series: str | None = None) -> Iterator[InstanceRef]:  # fmt: skip
-        """Every instance matching ``filters`` (QIDO-RS attribute matching), ``page_size`` per request.
+        """Every instance matching ``filters`` (QIDO-RS attribute matching), ``page_size`` asked for per request.
+
+        Pages are asked for until one is empty or brings nothing new: a server may return fewer than asked (a cap of
+        its own) with more to come, or ignore ``limit`` and ``offset`` and return everything each time. A result
+        that is not a DICOM JSON data set with the three UIDs is logged and left out; nothing can be recorded of it.
 
         Raises:
-            ServerError: the search fails, or an answer is not a list of DICOM JSON data sets with the three UIDs.
+            ServerError: the search fails, or an answer is not a list.
         """
-        offset = 0
+        offset, seen = 0, set()
+        what = f"search for instances ({_shown(filters, study, series)})"
         while True:
-            what = f"search for instances ({_shown(filters, study, series)})"
             found = self._call(what, None, self.client.search_for_instances, study_instance_uid=study,
                                series_instance_uid=series, search_filters=dict(filters), fields=list(fields) or None,
                                limit=page_size, offset=offset)  # fmt: skip
             if not isinstance(found, list):
                 raise ServerError(f"{self.url}: {what}: the answer is not a list of DICOM JSON data sets")
+            new = 0
             for item in found:
-                yield self._reference(item, what)
-            if len(found) < page_size:
+                ref = self._reference(item, what)
+                if ref is not None and ref.sop not in seen:
+                    seen.add(ref.sop)
+                    new += 1
+                    yield ref
+            if not found or not new:
                 return
             offset += len(found)
 
-    def _reference(self, item: object, what: str) -> InstanceRef:
+    def _reference(self, item: object, what: str) -> InstanceRef | None:
         try:
             attributes = pydicom.Dataset.from_json(item)
             uids = [str(attributes[keyword].value) for keyword in _UIDS.values()]
-        except Exception:
-            raise ServerError(f"{self.url}: {what}: an answer is not a DICOM JSON data set with "
-                              f"{', '.join(_UIDS.values())}") from None  # fmt: skip
+        except Exception as error:
+            logger.warning("%s: %s: a result left out: not a DICOM JSON data set with %s (%s)", self.url, what,
+                           ", ".join(_UIDS.values()), type(error).__name__)  # fmt: skip
+            return None
         return InstanceRef(*uids, attributes=attributes)
 
     # -- fetch and store ------------------------------------------------------------------------------------------
@@ -203,25 +217,46 @@ class DicomwebServer:
         dataset = self._call(what, ref, self.client.retrieve_instance, ref.study, ref.series, ref.sop)
         if not isinstance(dataset, pydicom.Dataset) or str(dataset.get("SOPInstanceUID", "")) != ref.sop:
             raise InstanceError(f"{what}: the server sent something other than that instance")
-        with atomic_open(path, "wb") as handle:
-            pydicom.dcmwrite(handle, dataset, enforce_file_format=True)
+        try:
+            with atomic_open(path, "wb") as handle:
+                pydicom.dcmwrite(handle, dataset, enforce_file_format=True)
+        except (ValueError, TypeError, AttributeError, KeyError) as error:  # not a complete DICOM file
+            raise InstanceError(f"{what}: the server's copy cannot be written as a DICOM file ({error})") from None
         return Path(path)
 
     def store(self, path: str | os.PathLike, study: str) -> str:
         """Store the DICOM file ``path`` in ``study`` (STOW-RS); returns its SOPInstanceUID.
 
-        Storing the same instance again is harmless: a server keeps one instance per SOPInstanceUID.
+        The store counts when the answer lists the instance as stored, or, where it does not (an answer without the
+        list, a 409 Conflict, a "duplicate" failure: a retried request whose first try did store it), when a search
+        finds the instance in the study. So storing the same file again never stores a second SEG.
         """
-        dataset = pydicom.dcmread(path)
-        uid = str(dataset.SOPInstanceUID)
         what = f"store {Path(path).name} in study {study}"
-        answer = self._call(what, uid, self.client.store_instances, [dataset], study_instance_uid=study)
+        try:
+            dataset = pydicom.dcmread(path)
+            uid = str(dataset.SOPInstanceUID)
+        except Exception as error:
+            raise InstanceError(f"{what}: cannot read it ({type(error).__name__}: {error})") from None
+        try:
+            answer = self._call(what, uid, self.client.store_instances, [dataset], study_instance_uid=study)
+        except InstanceError:
+            if self._holds(study, uid):
+                return uid
+            raise
+        stored = [item for item in getattr(answer, "ReferencedSOPSequence", []) or []
+                  if str(item.get("ReferencedSOPInstanceUID", "")) == uid]  # fmt: skip
+        if stored or self._holds(study, uid):
+            return uid
         failed = [item for item in getattr(answer, "FailedSOPSequence", []) or []
                   if str(item.get("ReferencedSOPInstanceUID", "")) == uid]  # fmt: skip
-        if failed:
-            reason = failed[0].get("FailureReason", "no reason given")
-            raise InstanceError(f"{what}: the server refused it (failure reason {reason})")
-        return uid
+        reason = failed[0].get("FailureReason", "no reason given") if failed else "the answer does not list it as stored"
+        raise InstanceError(f"{what}: the server refused it (failure reason {reason})")
+
+    def _holds(self, study: str, uid: str) -> bool:
+        """Whether a search finds the instance ``uid`` in ``study``."""
+        found = self._call(f"search for instance {uid}", None, self.client.search_for_instances,
+                           study_instance_uid=study, search_filters={"SOPInstanceUID": uid})  # fmt: skip
+        return any(str(item.get("00080018", {}).get("Value", [""])[0]) == uid for item in found or [])
 
     # -- errors ---------------------------------------------------------------------------------------------------
 
@@ -252,6 +287,11 @@ class DicomwebServer:
             raise InstanceError(message) from None
         except requests.RequestException as error:
             raise ServerError(self._unavailable(what, _cause(error))) from None
+        except Exception as error:  # pydicom's InvalidDicomError on a part that is not a DICOM file, and the like
+            message = f"{what}: the answer cannot be read ({type(error).__name__}: {error})"
+            if instance is None:
+                raise ServerError(f"{self.url}: {message}") from None
+            raise InstanceError(message) from None
 
     def _unavailable(self, what: str, reason: str) -> str:
         return f"{self.url}: {what}: {reason} after {self.tries} {'try' if self.tries == 1 else 'tries'}"
