@@ -119,7 +119,7 @@ dicomweb: $(VENV)/.runtime-installed
 # The shortcut experiment (docs/README.md, "A shortcut, shown"): the demo model, plain and with an image head, trained
 # where chest drains go with pneumothorax (correlated) and where they do not (independent), on the same chests and
 # masks; each evaluated on its own fold (tuning its thresholds), then scored with them on one test set where drains
-# are independent, with heatmaps of the normal films that carry a drain. About 30 minutes on 2 CPU cores.
+# are independent, with heatmaps of the normal films that carry a drain. About 25 minutes on 2 CPU cores.
 SHORTCUT_DIR ?= shortcut
 SHORTCUT_CONTRAST ?= $(DEMO_CONTRAST)
 SHORTCUT_DATA = --size $(DEMO_SIZE) --lesion_contrast $(SHORTCUT_CONTRAST) --lesion_scale $(DEMO_LESION_SCALE) --devices
