@@ -6,7 +6,8 @@ bundle's own ``configs/inference.json`` and ``configs/train.json``; this file on
 bundle tasks to single-frame 2-D DICOMs:
 
 * inference: the prediction is ``(1, cols, rows)``; it is squeezed to ``(cols, rows)`` after ``Restored`` and
-  written as a uint8 ``.nii.gz`` (or PNG on request), so the label has the DICOM's rows x columns;
+  written as a uint8 ``.nii.gz`` (or PNG on request), so the label has the DICOM's rows x columns; on a CPU the
+  network runs on the bundle's CPU backend (OpenVINO), as ``inference.json`` runs it;
 * training: MONAI Label runs the bundle without its ``initialize`` step; this app runs it (the early-stopping
   handler needs the trainer it sets);
 * a DICOMweb server as the datastore (``--studies http://.../dicom-web``): ``pacs_datastore`` lists the CR/DX series,
@@ -53,6 +54,20 @@ class PneumothoraxInfer(BundleInferTask):
 
     def __init__(self, path: str, conf: dict[str, str]) -> None:
         super().__init__(path, conf, type=InferType.SEGMENTATION, load_strict=True)
+
+    def _get_network(self, device, data):
+        """MONAI Label's network (reloaded when the weights change), on the served bundle's ``backend`` where that
+        is a CPU runtime and the device is the CPU (``scripts.inference.onnx_backend``: OpenVINO by default)."""
+        network = super()._get_network(device, data)
+        backend = self.bundle_config.get_parsed_content("backend") if self.bundle_config.get("backend") else "torch"
+        if network is None or backend == "torch" or not str(device).startswith("cpu"):
+            return network
+        from scripts.inference.onnx_backend import ExportedNetwork
+
+        exported = getattr(self, "_exported", None)
+        if exported is None or exported[0] is not network:  # built once per network MONAI Label (re)loads
+            self._exported = (network, ExportedNetwork(network, self.get_path(), runtime=backend))
+        return self._exported[1]
 
     def post_transforms(self, data=None):
         return [*super().post_transforms(data), SqueezeChanneld(keys=self.key_pred)]

@@ -29,6 +29,11 @@ def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
         inference = figures["inference"][key]
         assert inference["model_only"]["images_per_s"] > 0 and inference["pipeline"]["images"] == 3
         assert inference["pipeline_vs_model"] > 0
+    backends = figures["backends"]
+    assert set(backends) == {"torch fp32", "torch channels_last", "openvino", "onnxruntime"}  # a CPU: the runtimes too
+    assert backends["torch fp32"]["model_only_speedup"] == backends["torch fp32"]["pipeline_speedup"] == 1.0
+    for entry in backends.values():
+        assert entry["model_only_s_per_image"] > 0 and entry["pipeline_s_per_image"] > 0
     stages = figures["data_pipeline_per_core"]
     assert set(stages) == {
         "decode", "normalise + label (cached once)", "crop + draw parameters (loader)",
@@ -41,5 +46,6 @@ def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
     assert all(w["all_written_ms_per_image"] >= w["engine_thread_ms_per_image"] > 0 for k, w in writer.items() if k != "images")
     assert figures["rle"]["encode_ms"] > 0 and figures["rle"]["loop_encode_ms"] > 0
     table = (tmp_path / "benchmark.md").read_text()
+    assert "| onnxruntime |" in table and "| openvino |" in table
     assert "Inference writer" in table and "training, bundle pipeline from DICOM" in table and "inference tta, inference.json over DICOMs" in table
     assert table.splitlines()[0] in result.stdout

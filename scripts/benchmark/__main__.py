@@ -12,6 +12,8 @@ Writes ``benchmark.json`` and ``benchmark.md`` (a table) to ``--out`` and prints
   (contiguous, no compile) as the reference the defaults are compared with;
 * inference: model-only sliding-window images/s on full-size images against ``configs/inference.json`` over a
   folder of JPEG-Baseline DICOMs (every output written), with and without flip TTA;
+* inference backends, in one run: torch fp32, torch channels_last and (on a CPU) OpenVINO and ONNX Runtime, seconds per image
+  model-only and over the DICOM folder with every output written, and each one's speed-up over torch fp32;
 * the data pipeline alone, per CPU core: decode, label, the loader's crop and parameter draw, the textbook MONAI
   CPU augmentation chain for comparison, and the on-device augmentation per image;
 * the inference writer: engine-thread ms per image with the files written in that thread and in writer processes;
@@ -33,7 +35,7 @@ import torch
 
 from scripts.benchmark.common import REPO, bundle_config
 from scripts.benchmark.data import data_pipeline_per_core, rle_speed
-from scripts.benchmark.inference import inference_model_only, inference_pipeline, writer_cost
+from scripts.benchmark.inference import backend_comparison, inference_model_only, inference_pipeline, writer_cost
 from scripts.benchmark.training import model_step_ceiling, training_pipeline
 
 
@@ -61,6 +63,7 @@ def table(results: dict) -> str:
             f"| inference {key.replace('_', ' ')}, inference.json over DICOMs | {infer[key]['pipeline']['images_per_s']} | "
             f"{infer[key]['pipeline_vs_model']:.2f} | all outputs written, {infer[key]['pipeline']['seconds_per_image']} s/image |"
         )
+    lines += backend_rows(results)
     data = ", ".join(f"{name} {speed}" for name, speed in results["data_pipeline_per_core"].items())
     rle_, writer = results["rle"], results["writer"]
     pooled = next(key for key in writer if key.startswith("workers_") and key != "workers_0")
@@ -75,6 +78,15 @@ def table(results: dict) -> str:
         f"{rle_['loop_encode_ms']} ms / {rle_['loop_decode_ms']} ms.",
     ]
     return "\n".join(lines)
+
+
+def backend_rows(results: dict) -> list[str]:
+    lines = ["", "| inference backend (no TTA) | s/image model-only | speed-up | s/image inference.json over DICOMs | speed-up |",
+             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, entry in results["backends"].items():
+        lines.append(f"| {name} | {entry['model_only_s_per_image']} | {entry['model_only_speedup']:.2f} | "
+                     f"{entry['pipeline_s_per_image']} | {entry['pipeline_speedup']:.2f} |")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer_images", type=int, default=32, help="test images generated / model-only repeats")
     parser.add_argument("--pipeline_images", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="benchmark with torch.compile on")
+    parser.add_argument("--only", choices=["all", "backends"], default="all",
+                        help="backends: only the inference backends' comparison (a CPU's question, in minutes)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.size, args.crop, args.batch, args.channels = 128, 64, 2, "4,8,16"
@@ -119,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "settings": f"AttentionUnet {args.channels}, crops {args.crop}, batch {args.batch}, images {args.size}",
     }
+    if args.only == "backends":
+        results["backends"] = backend_comparison(args, infer_overrides, data_dir, checkpoint, out)
+        (out / "benchmark.json").write_text(json.dumps(results, indent=4))
+        report = "\n".join([f"Device: {results['device']}; torch {results['torch']}; {results['settings']}", *backend_rows(results)])
+        (out / "benchmark.md").write_text(report + "\n")
+        print(report)
+        return 0
     ceiling = model_step_ceiling(args, train_overrides)
     plain = model_step_ceiling(args, train_overrides, amp=True, channels_last=False, compile_=False)
     pipeline = training_pipeline(args, train_overrides, data_dir, out / "work")
@@ -138,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline": run,
             "pipeline_vs_model": round(run["images_per_s"] / model_only["images_per_s"], 3),
         }
+    results["backends"] = backend_comparison(args, infer_overrides, data_dir, checkpoint, out)
     results["data_pipeline_per_core"] = data_pipeline_per_core(args, train_overrides, data_dir)
     results["writer"] = writer_cost(data_dir, out / "work", args.infer_images, bundle_config("inference.json", {}).get_parsed_content("write_workers"))
     results["rle"] = rle_speed(args.size if args.smoke else 1024)

@@ -12,14 +12,14 @@ import torch
 
 from scripts.benchmark.common import REPO, bundle_config, calls_per_second, config_files
 
-__all__ = ["inference_model_only", "inference_pipeline", "writer_cost"]
+__all__ = ["BACKEND_VARIANTS", "backend_comparison", "inference_model_only", "inference_pipeline", "writer_cost"]
 
 
 def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool) -> dict:
     """Images/s of sliding-window inference on full-size random images already on the device (no I/O)."""
     parser = bundle_config("inference.json", {**overrides, "checkpoints": [str(checkpoint)], "tta": tta})
     device = parser.get_parsed_content("device")
-    network = parser.get_parsed_content("network")
+    network = parser.get_parsed_content("inference_network")  # the network on the configured backend
     inferer = parser.get_parsed_content("inferer")
     amp = parser.get_parsed_content("amp")
     dtype = parser.get_parsed_content("amp_dtype")
@@ -30,7 +30,37 @@ def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool) -> 
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=bool(amp) and device.type == "cuda"):
             torch.sigmoid(inferer(x, network))
 
-    return {"images_per_s": round(calls_per_second(once, args.infer_images, device), 3), "tta": tta}
+    speed = calls_per_second(once, args.infer_images, device)
+    return {"images_per_s": round(speed, 3), "seconds_per_image": round(1 / speed, 3), "tta": tta,
+            "backend": parser.get_parsed_content("backend")}  # fmt: skip
+
+
+#: The backends compared in one run: each with its settings (overrides of configs/inference.json).
+BACKEND_VARIANTS = {
+    "torch fp32": {"backend": "torch", "channels_last": False},
+    "torch channels_last": {"backend": "torch", "channels_last": True},
+    "openvino": {"backend": "openvino"},
+    "onnxruntime": {"backend": "onnxruntime"},
+}
+
+
+def backend_comparison(args, overrides: dict, data_dir: Path, checkpoint: Path, out: Path) -> dict:
+    """Seconds per image of each :data:`BACKEND_VARIANTS` entry, model-only and over the DICOM folder with every
+    output written, and each one's speed-up over torch fp32 (the ratio of seconds)."""
+    results = {}
+    for name, settings in BACKEND_VARIANTS.items():
+        if settings["backend"] != "torch" and bundle_config("inference.json", {}).get_parsed_content("device").type != "cpu":
+            continue  # ONNX Runtime is the CPU backend
+        merged = {**overrides, **settings}
+        model = inference_model_only(args, merged, checkpoint, tta=False)
+        pipeline = inference_pipeline(merged, data_dir, checkpoint, out / f"backend_{name.replace(' ', '_')}", tta=False)
+        results[name] = {"model_only_s_per_image": model["seconds_per_image"],
+                         "pipeline_s_per_image": pipeline["seconds_per_image"]}  # fmt: skip
+    reference = results["torch fp32"]
+    for entry in results.values():
+        entry["model_only_speedup"] = round(reference["model_only_s_per_image"] / entry["model_only_s_per_image"], 2)
+        entry["pipeline_speedup"] = round(reference["pipeline_s_per_image"] / entry["pipeline_s_per_image"], 2)
+    return results
 
 
 def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: Path, tta: bool) -> dict:

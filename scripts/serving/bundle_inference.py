@@ -25,7 +25,7 @@ __all__ = ["BundleInference"]
 logger = logging.getLogger(__name__)
 
 #: Built once and kept: the model and its decision rules.
-_MODEL_IDS = ("network", "gates", "thresholds", "gate", "image_size")
+_MODEL_IDS = ("network", "inference_network", "gates", "thresholds", "gate", "image_size")
 
 
 class BundleInference:

@@ -1,0 +1,132 @@
+"""The ONNX Runtime backend of inference (scripts/inference/onnx_backend.py): the same masks and probabilities as
+PyTorch on the synthetic test images, each checkpoint exported once and cached by weights and network."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scripts.inference.onnx_backend import ExportedNetwork, default_backend, onnx_path, with_backend
+from scripts.inference.predictions import read_predictions
+from scripts.networks.definition import build_network
+from scripts.synthetic.dataset import generate_dataset
+from tests.conftest import COMMON, REPO, config_files, run_bundle
+
+#: Parity bounds of the issue: masks agree on 99.9 % of pixels, probabilities within 1e-3.
+PIXEL_AGREEMENT, PROBABILITY_TOLERANCE = 0.999, 1e-3
+
+
+def default_network_config() -> dict:
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / COMMON))
+    return parser.get_parsed_content("network_config")
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("onnx_films")
+    generate_dataset(root, n=3, seed=5, rows=256, cols=256, positive_share=0.7, lesion_contrast=25, lesion_scale=3)
+    return root / "dicom-images-train"
+
+
+def save_random_model(folder: Path, network_config: dict, seed: int = 0) -> Path:
+    """A checkpoint of ``network_config`` with random weights and its record, as training leaves one."""
+    from scripts.training.checkpoints import save_model
+
+    torch.manual_seed(seed)
+    network = build_network(network_config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_model(network, folder / "model.pt", {})
+    return folder
+
+
+def infer(films: Path, ckpt_dir: Path, out: Path, backend: str, *extra: str) -> Path:
+    run_bundle(["run", "--config_file", config_files(COMMON, "configs/inference.json"), "--meta_file",
+                "configs/metadata.json", "--logging_file", "configs/logging.conf", "--bundle_root", str(REPO),
+                "--dataset_dir", str(films), "--output_dir", str(out), "--ckpt_dir", str(ckpt_dir),
+                "--backend", backend, "--roi_size", "[128,128]", "--sw_batch_size", "4",
+                "--triplet", "{'top': 0.5, 'min_area': 0, 'bottom': 0.5, 'min_component': 0}", *extra])  # fmt: skip
+    return out
+
+
+def assert_same_results(torch_out: Path, onnx_out: Path, backend: str) -> None:
+    expected = {p.image_id: p for p in read_predictions(torch_out / "predictions.csv")}
+    found = {p.image_id: p for p in read_predictions(onnx_out / "predictions.csv")}
+    assert sorted(found) == sorted(expected) and expected
+    for image_id, prediction in expected.items():
+        assert abs(found[image_id].probability - prediction.probability) <= PROBABILITY_TOLERANCE, image_id
+    for mask in sorted((torch_out / "masks").glob("*.png")):
+        a, b = np.asarray(Image.open(mask)) > 0, np.asarray(Image.open(onnx_out / "masks" / mask.name)) > 0
+        assert (a == b).mean() >= PIXEL_AGREEMENT, mask.name
+    assert json.loads((onnx_out / "summary.json").read_text())["backend"] == backend
+
+
+def test_the_default_is_openvino_on_a_cpu_and_torch_on_a_gpu():
+    assert default_backend("cpu") == "openvino"
+    assert default_backend(torch.device("cuda:0")) == "torch"
+    with pytest.raises(ValueError, match="backend 'tensorrt': one of torch, openvino, onnxruntime"):
+        with_backend(torch.nn.Identity(), "tensorrt")
+
+
+def test_the_default_network_gives_the_same_masks_and_probabilities_and_is_exported_once(films, tmp_path):
+    ckpt = save_random_model(tmp_path / "models", default_network_config())
+    expected = infer(films, ckpt, tmp_path / "torch", "torch", "--tta", "true")
+    for backend in ("openvino", "onnxruntime"):
+        assert_same_results(expected, infer(films, ckpt, tmp_path / backend, backend, "--tta", "true"), backend)
+    [exported] = (ckpt / "onnx").glob("model-*.onnx")  # one window shape, one file for both, no temporary left
+    assert sorted(p.name for p in (ckpt / "onnx").iterdir()) == [exported.name]
+    stamp = exported.stat().st_mtime_ns
+    infer(films, ckpt, tmp_path / "again", "openvino")
+    assert exported.stat().st_mtime_ns == stamp, "an unchanged model was exported again"
+    torch.save({k: v + 0.01 for k, v in torch.load(ckpt / "model.pt", weights_only=True).items()}, ckpt / "model.pt")
+    infer(films, ckpt, tmp_path / "new_weights", "openvino")
+    assert len(list((ckpt / "onnx").glob("model-*.onnx"))) == 2, "new weights did not get an export of their own"
+
+
+def test_an_ensemble_of_two_networks_runs_member_by_member(tmp_path):
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
+    from scripts.inference.ensemble import AveragedProbabilities
+
+    first = save_random_model(tmp_path / "a", small, seed=1) / "model.pt"
+    second = save_random_model(tmp_path / "b", {**small, "channels": [8, 16, 32]}, seed=2) / "model.pt"
+    ensemble = AveragedProbabilities(build_network(small), [first, second], flip_tta=True)
+    x = torch.rand(3, 1, 64, 48)
+    for backend in ("openvino", "onnxruntime"):
+        exported = with_backend(ensemble, backend, threads=1)
+        assert all(isinstance(member, ExportedNetwork) and member.runtime == backend for member in exported.networks)
+        assert not any(isinstance(member, ExportedNetwork) for member in ensemble.networks)  # left for Grad-CAM
+        with torch.no_grad():
+            np.testing.assert_allclose(torch.sigmoid(exported(x)), torch.sigmoid(ensemble(x)), atol=1e-5)
+    assert onnx_path(first, ensemble.networks[0], (64, 48)).is_file()
+    assert onnx_path(first, ensemble.networks[0], (64, 48)) != onnx_path(second, ensemble.networks[1], (64, 48))
+
+
+class NotExportable(torch.nn.Module):
+    """A network the ONNX exporter cannot take (it refuses while being exported), fine on PyTorch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.full((1,), 2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            raise RuntimeError("an operator ONNX has no counterpart for")
+        return self.scale * x
+
+
+def test_a_network_that_does_not_export_runs_on_pytorch_with_a_warning(tmp_path, caplog):
+    torch.save(NotExportable().state_dict(), tmp_path / "model.pt")
+    member = ExportedNetwork(NotExportable(), tmp_path / "model.pt", threads=1)
+    x = torch.rand(2, 1, 16, 16)
+    with caplog.at_level("WARNING", logger="scripts.inference.onnx_backend"):
+        np.testing.assert_allclose(member(x).detach(), 2 * x)
+        member(x)
+    assert member.fallback and "operator ONNX has no counterpart" in member.fallback
+    assert sum("runs on PyTorch" in record.message for record in caplog.records) == 1  # said once, not per call
+    assert not list((tmp_path / "onnx").glob("*")), "a failed export left a file"
