@@ -130,3 +130,30 @@ def test_a_network_that_does_not_export_runs_on_pytorch_with_a_warning(tmp_path,
     assert member.fallback and "operator ONNX has no counterpart" in member.fallback
     assert sum("runs on PyTorch" in record.message for record in caplog.records) == 1  # said once, not per call
     assert not list((tmp_path / "onnx").glob("*")), "a failed export left a file"
+
+
+FAMILIES = sorted(path.name for path in (REPO / "configs" / "networks").glob("*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_network_family_gives_the_same_probabilities_on_both_runtimes(family, tmp_path):
+    """Each family of configs/networks (random weights, no downloads): a batch of windows through the exported
+    network on each runtime against PyTorch, within the parity bounds."""
+    config = json.loads((REPO / "configs" / "networks" / family).read_text())["network_config"]
+    config = {key: value for key, value in config.items() if not key.startswith("_")}
+    folder = save_random_model(tmp_path, config)
+    from scripts.networks.definition import network_for
+
+    network = network_for(folder / "model.pt", config).eval()
+    network.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 128, 128)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(x))
+        for runtime in ("openvino", "onnxruntime"):
+            exported = ExportedNetwork(network, folder / "model.pt", threads=2, runtime=runtime)
+            found = torch.sigmoid(exported(x))
+            assert exported.fallback is None, f"{family} does not export: {exported.fallback}"
+            assert found.shape == expected.shape
+            assert float((found - expected).abs().max()) <= PROBABILITY_TOLERANCE, (family, runtime)
+            assert float(((found > 0.5) == (expected > 0.5)).float().mean()) >= PIXEL_AGREEMENT, (family, runtime)
