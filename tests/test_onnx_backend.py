@@ -157,3 +157,25 @@ def test_every_network_family_gives_the_same_probabilities_on_both_runtimes(fami
             assert found.shape == expected.shape
             assert float((found - expected).abs().max()) <= PROBABILITY_TOLERANCE, (family, runtime)
             assert float(((found > 0.5) == (expected > 0.5)).float().mean()) >= PIXEL_AGREEMENT, (family, runtime)
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_a_member_called_from_several_threads_at_once_answers_each_right(runtime, tmp_path):
+    """The MONAI Label server runs inference in several threads: each call gets its own answer, first call included,
+    and the export in memory is what the key describes (weights changed on disk after loading do not matter)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
+    folder = save_random_model(tmp_path, small, seed=3)
+    network = build_network(small).eval()
+    network.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    save_random_model(tmp_path, small, seed=4)  # the file changes after the weights were loaded
+    member = ExportedNetwork(network, folder / "model.pt", threads=1, runtime=runtime)
+    inputs = [torch.rand(2, 1, 32, 32) for _ in range(16)]
+    with ThreadPoolExecutor(4) as pool, torch.no_grad():
+        found = list(pool.map(member, inputs))
+        expected = [network(x) for x in inputs]
+    assert member.fallback is None, member.fallback
+    for a, b in zip(found, expected):
+        np.testing.assert_allclose(torch.sigmoid(a), torch.sigmoid(b), atol=1e-5)

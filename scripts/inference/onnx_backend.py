@@ -8,12 +8,13 @@ measured, docs/README.md) and PyTorch (with AMP) on a GPU. OpenVINO runs in floa
 pick bfloat16 where the CPU has it, which moves probabilities by more than the parity bound).
 
 Each member is exported with torch's ONNX exporter for the input shape it is called with (a batch of sliding
-windows, any batch size) and cached beside its weights, ``<ckpt_dir>/onnx/<weights stem>-<key>.onnx``: the key is a
-hash of the weights file, the network's definition (``scripts.networks.definition``), the input's spatial shape,
-the torch version and the opset, so new weights, another network or another window size get a new file and an
-unchanged model is never exported twice. The file is written to a temporary name and renamed. Where the weights'
-folder cannot be written, the cache is ``$TMPDIR/pneumothorax-onnx``. The runtime uses as many threads as the
-process may use cores.
+windows, any batch size) and cached beside its weights, ``<ckpt_dir>/onnx/<weights stem>-<key>.onnx``: the key
+hashes the weights as they are in memory (:func:`weights_key`), the network's definition and the source of its
+module classes, the input's spatial shape, the torch and MONAI versions and the opset, so new weights, another
+network, changed code or another window size get a new file and an unchanged model is never exported twice. The
+file is written to a temporary name of its own, fsynced and renamed; one that does not open is exported again.
+Where the weights' folder cannot be written, the cache is ``$TMPDIR/pneumothorax-onnx-<uid>`` (mode 0700). The
+runtime uses as many threads as the process may use cores; a member may be called from several threads at once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,24 +68,41 @@ def cpu_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _hash_file(path: Path) -> str:
+def weights_key(network: torch.nn.Module) -> str:
+    """A hash of what the export of ``network`` depends on: its weights as they are in memory (not a file that may
+    have changed since they were loaded), its definition, the source of every module class it is made of, and the
+    torch, MONAI and opset versions."""
+    import inspect
+
+    import monai
+
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for name, tensor in network.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        digest.update(tensor.detach().to("cpu").contiguous().numpy().tobytes())
+    sources = set()
+    for module in network.modules():
+        try:
+            sources.add(inspect.getsourcefile(type(module)))
+        except TypeError:  # a built-in class
+            pass
+    for source in sorted(path for path in sources if path):
+        digest.update(Path(source).read_bytes())
+    definition = definition_of(network) or {"class": f"{type(network).__module__}.{type(network).__qualname__}"}
+    digest.update(json.dumps({"network": definition, "torch": torch.__version__, "monai": monai.__version__,
+                              "opset": OPSET}, sort_keys=True, default=str).encode())  # fmt: skip
     return digest.hexdigest()
 
 
-def onnx_path(checkpoint: str | os.PathLike, network: torch.nn.Module, spatial_shape: Sequence[int]) -> Path:
-    """Where the export of ``network`` with the weights ``checkpoint`` for inputs of ``spatial_shape`` is cached."""
+def onnx_path(checkpoint: str | os.PathLike, network: torch.nn.Module, spatial_shape: Sequence[int],
+              key: str | None = None) -> Path:  # fmt: skip
+    """Where the export of ``network`` (whose weights came from ``checkpoint``) for inputs of ``spatial_shape`` is
+    cached: ``<checkpoint's folder>/onnx/<stem>-<key>.onnx``, the key from :func:`weights_key` and the shape; a
+    folder of this user's own under ``$TMPDIR`` where the weights' folder cannot be written."""
     checkpoint = Path(checkpoint)
-    definition = definition_of(network) or {"class": f"{type(network).__module__}.{type(network).__qualname__}"}
-    key_text = json.dumps(
-        {"weights": _hash_file(checkpoint), "network": definition, "shape": list(spatial_shape),
-         "torch": torch.__version__, "opset": OPSET}, sort_keys=True, default=str,
-    )  # fmt: skip
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    name = f"{checkpoint.stem}-{key}.onnx"
+    key = key or weights_key(network)
+    name = f"{checkpoint.stem}-{hashlib.sha256(f'{key}{list(spatial_shape)}'.encode()).hexdigest()[:16]}.onnx"
     folder = checkpoint.parent / "onnx"
     try:
         folder.mkdir(exist_ok=True)
@@ -91,27 +110,43 @@ def onnx_path(checkpoint: str | os.PathLike, network: torch.nn.Module, spatial_s
             return folder / name
     except OSError:
         pass
-    fallback = Path(tempfile.gettempdir()) / "pneumothorax-onnx"
-    fallback.mkdir(exist_ok=True)
-    return fallback / name
+    return _private_cache() / name
+
+
+def _private_cache() -> Path:
+    """``$TMPDIR/pneumothorax-onnx-<uid>``, mode 0700, refused unless this user owns it."""
+    folder = Path(tempfile.gettempdir()) / f"pneumothorax-onnx-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not this user's own private folder: the ONNX cache cannot use it")
+    return folder
 
 
 def export_onnx(network: torch.nn.Module, path: Path, spatial_shape: Sequence[int]) -> Path:
     """Export ``network`` (eval mode, on the CPU, in float32) for ``(batch, 1, *spatial_shape)`` inputs, batch
-    dynamic, to ``path``, atomically."""
+    dynamic, to ``path``, atomically (a temporary file of its own beside it, fsynced, then renamed)."""
     network = copy.deepcopy(network).to("cpu", memory_format=torch.contiguous_format).float().eval()
     example = torch.zeros((1, 1, *spatial_shape), dtype=torch.float32)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
+    os.close(descriptor)
+    temporary = Path(temporary)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the TorchScript-based exporter's deprecation and tracer warnings
             torch.onnx.export(network, (example,), str(temporary), input_names=[_INPUT], output_names=[_OUTPUT],
                               dynamic_axes={_INPUT: {0: "batch"}, _OUTPUT: {0: "batch"}}, opset_version=OPSET,
                               dynamo=False)  # fmt: skip
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return path
+
+
+#: torch's exporter keeps global state: one export at a time in a process.
+_EXPORT_LOCK = threading.Lock()
 
 
 class ExportedNetwork(torch.nn.Module):
@@ -133,25 +168,36 @@ class ExportedNetwork(torch.nn.Module):
         self.runtime = runtime
         self.threads = threads or cpu_threads()
         self._sessions: dict[tuple[int, ...], object] = {}
+        self._lock = threading.Lock()
         self.fallback: str | None = None  # why this member runs on PyTorch after all
 
     def session(self, spatial_shape: tuple[int, ...]):
-        """A callable ``numpy batch -> numpy logits`` for inputs of ``spatial_shape``, built once."""
-        if spatial_shape not in self._sessions:
-            path = onnx_path(self.checkpoint, self.network, spatial_shape)
-            if not path.is_file():
+        """A callable ``numpy batch -> numpy logits`` for inputs of ``spatial_shape``, built once (thread-safe; the
+        callable may be used from several threads at once)."""
+        with self._lock:
+            if spatial_shape not in self._sessions:
+                path = onnx_path(self.checkpoint, self.network, spatial_shape)
+                if path.is_file():
+                    try:
+                        self._sessions[spatial_shape] = _open(path, self.runtime, self.threads)
+                        return self._sessions[spatial_shape]
+                    except Exception as error:  # a cached file that does not open (cut short?): export it again
+                        logger.warning("%s does not open on %s (%s): exporting it again", path, self.runtime, error)
+                        path.unlink(missing_ok=True)
                 logger.info("exporting %s for %s inputs to %s", self.checkpoint, "x".join(map(str, spatial_shape)), path)
-                export_onnx(self.network, path, spatial_shape)
-            self._sessions[spatial_shape] = _open(path, self.runtime, self.threads)
-        return self._sessions[spatial_shape]
+                with _EXPORT_LOCK:
+                    export_onnx(self.network, path, spatial_shape)
+                self._sessions[spatial_shape] = _open(path, self.runtime, self.threads)
+            return self._sessions[spatial_shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fallback is None:
             try:
                 session = self.session(tuple(int(size) for size in x.shape[2:]))
-            except Exception as error:  # an operator the exporter or ONNX Runtime lacks: PyTorch still works
+            except Exception as error:  # an operator the exporter or the runtime lacks: PyTorch still works
                 self.fallback = f"{type(error).__name__}: {error}"
-                logger.warning("%s runs on PyTorch: its ONNX export failed (%s)", self.checkpoint, self.fallback[:300])
+                logger.warning("%s runs on PyTorch: its ONNX export or %s failed (%s)", self.checkpoint, self.runtime,
+                               self.fallback[:300])  # fmt: skip
         if self.fallback is not None:
             return self.network(x)
         output = session(x.detach().to("cpu", torch.float32).contiguous().numpy())
@@ -165,8 +211,14 @@ def _open(path: Path, runtime: str, threads: int):
 
         compiled = openvino.Core().compile_model(str(path), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
-        request = compiled.create_infer_request()
-        return lambda batch: np.array(request.infer({_INPUT: batch})[compiled.output(0)], copy=True)
+        local = threading.local()  # an infer request is not thread-safe: one per thread
+
+        def run(batch: np.ndarray) -> np.ndarray:
+            if not hasattr(local, "request"):
+                local.request = compiled.create_infer_request()
+            return np.array(local.request.infer({_INPUT: batch})[compiled.output(0)], copy=True)
+
+        return run
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
