@@ -179,3 +179,21 @@ def test_a_member_called_from_several_threads_at_once_answers_each_right(runtime
     assert member.fallback is None, member.fallback
     for a, b in zip(found, expected):
         np.testing.assert_allclose(torch.sigmoid(a), torch.sigmoid(b), atol=1e-5)
+
+
+def test_a_member_with_an_image_head_keeps_both_channels_on_both_runtimes(tmp_path):
+    """A headed segmenter (scripts.networks.image_head) returns the mask and the gate's logit as channels 0 and 1;
+    both survive the export, within the parity bound."""
+    headed = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+              "channels": [4, 8, 16], "strides": [2, 2], "image_head": True}  # fmt: skip
+    folder = save_random_model(tmp_path, headed, seed=5)
+    network = build_network(headed).eval()
+    network.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    x = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        expected = torch.sigmoid(network(x))
+        assert expected.shape[1] == 2
+        for runtime in ("openvino", "onnxruntime"):
+            found = torch.sigmoid(ExportedNetwork(network, folder / "model.pt", threads=1, runtime=runtime)(x))
+            assert found.shape == expected.shape
+            assert float((found - expected).abs().max()) <= PROBABILITY_TOLERANCE, runtime
