@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import fcntl
 import glob
 import os
 import shutil
@@ -28,6 +27,8 @@ import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from scripts.utils.files import try_lock
 
 __all__ = ["ResultFolder"]
 
@@ -106,7 +107,7 @@ class ResultFolder:
         self.discard()
         parent = self.output_dir.parent
         parent.mkdir(parents=True, exist_ok=True)
-        self._lock = _try_lock(parent / f".{self.output_dir.name}.lock")
+        self._lock = try_lock(parent / f".{self.output_dir.name}.lock")
         if self._lock is None:
             raise ValueError(
                 f"output_dir {self.output_dir}: another inference run is writing into it; wait for it, or choose "
@@ -176,17 +177,6 @@ class ResultFolder:
 
 def _shown(names: list[str]) -> str:
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-
-
-def _try_lock(path: Path) -> int | None:
-    """An exclusive lock on ``path`` (created if need be): its descriptor, or None if another process holds it."""
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        return None
-    return descriptor
 
 
 def _exchange(a: Path, b: Path) -> bool:

@@ -63,10 +63,6 @@ class BundleInference:
         self._lock = threading.Lock()
         logger.info("model: %s, thresholds %s, gate %s", ", ".join(self.checkpoints), self.thresholds, self.gate)
 
-    def setting(self, key: str) -> object:
-        """A config id's value, parsed (``input_rules``...)."""
-        return self.parser.get_parsed_content(key)
-
     def run(self, dataset_dir: str | os.PathLike, output_dir: str | os.PathLike) -> Path:
         """Run inference on ``dataset_dir`` (a DICOM file or a folder of them) into ``output_dir``; returns it."""
         with self._lock:

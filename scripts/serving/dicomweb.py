@@ -29,8 +29,6 @@ only itself (``--retry_failed`` tries those again). Credentials come from ``$DIC
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
 import logging
 import os
 import shutil
@@ -48,7 +46,7 @@ from scripts.inference.selection import selection_problem
 from scripts.serving.label_server import merged_config
 from scripts.serving.ledger import Ledger
 from scripts.serving.pacs import DicomwebServer, InstanceError, InstanceRef, ServerError, read_credentials
-from scripts.utils.files import safe_name
+from scripts.utils.files import read_reasons_csv, safe_name, try_lock
 from scripts.utils.metadata import BUNDLE_ROOT
 
 __all__ = ["Poll", "known_problem", "main", "query_filters"]
@@ -266,10 +264,7 @@ class Poll:
 
 def _reasons(path: Path, status: str) -> dict[str, tuple[str, str]]:
     """``{file name: (status, reason)}`` of an inference ``errors.csv`` / ``skipped.csv``."""
-    if not path.is_file():
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        return {Path(row["file"]).name: (status, row["reason"]) for row in csv.DictReader(handle)}
+    return {Path(file).name: (status, reason) for file, reason in read_reasons_csv(path)}
 
 
 def _remove_if_empty(folder: Path) -> None:
@@ -282,12 +277,9 @@ def _remove_if_empty(folder: Path) -> None:
 def _lock(output_dir: Path) -> int:
     """Hold ``OUT/.dicomweb.lock`` for the process's life; a second poller on the same folder is refused."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(output_dir / ".dicomweb.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(descriptor)
-        raise RuntimeError(f"{output_dir}: another DICOMweb run is using this folder; try again when it ends") from None
+    descriptor = try_lock(output_dir / ".dicomweb.lock")
+    if descriptor is None:
+        raise RuntimeError(f"{output_dir}: another DICOMweb run is using this folder; try again when it ends")
     return descriptor
 
 

@@ -169,8 +169,7 @@ class DicomwebServer:
 
     # -- search ---------------------------------------------------------------------------------------------------
 
-    def instances(self, filters: Mapping[str, str], fields: Sequence[str] = (), page_size: int = 500,
-                  study: str | None = None, series: str | None = None) -> Iterator[InstanceRef]:  # fmt: skip
+    def instances(self, filters: Mapping[str, str], fields: Sequence[str] = (), page_size: int = 500) -> Iterator[InstanceRef]:
         """Every instance matching ``filters`` (QIDO-RS attribute matching), ``page_size`` asked for per request.
 
         Pages are asked for until one is empty or brings nothing new: a server may return fewer than asked (a cap of
@@ -181,11 +180,10 @@ class DicomwebServer:
             ServerError: the search fails, or an answer is not a list.
         """
         offset, seen = 0, set()
-        what = f"search for instances ({_shown(filters, study, series)})"
+        what = f"search for instances ({', '.join(f'{key}={value}' for key, value in filters.items()) or 'all'})"
         while True:
-            found = self._call(what, None, self.client.search_for_instances, study_instance_uid=study,
-                               series_instance_uid=series, search_filters=dict(filters), fields=list(fields) or None,
-                               limit=page_size, offset=offset)  # fmt: skip
+            found = self._call(what, None, self.client.search_for_instances, search_filters=dict(filters),
+                               fields=list(fields) or None, limit=page_size, offset=offset)  # fmt: skip
             if not isinstance(found, list):
                 raise ServerError(f"{self.url}: {what}: the answer is not a list of DICOM JSON data sets")
             new = 0
@@ -306,9 +304,3 @@ def _cause(error: Exception) -> str:
         if marker in text:
             return f"no answer ({shown})"
     return f"no answer ({type(error).__name__})"
-
-
-def _shown(filters: Mapping[str, str], study: str | None, series: str | None) -> str:
-    shown = [f"{key}={value}" for key, value in filters.items()]
-    shown += [f"study {study}"] * bool(study) + [f"series {series}"] * bool(series)
-    return ", ".join(shown) or "all"

@@ -9,7 +9,6 @@ The network is one shared object: one image runs at a time.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -19,6 +18,7 @@ import pydicom
 from scripts.data.reader import file_problem, max_file_bytes, size_problem
 from scripts.serving.bundle_inference import BundleInference
 from scripts.serving.viewer_results import ImageResult, read_result_folder
+from scripts.utils.files import read_reasons_csv
 
 __all__ = ["RejectedInput", "ViewerPipeline"]
 
@@ -88,7 +88,4 @@ class ViewerPipeline(BundleInference):
 
 def _reasons(path: Path) -> list[str]:
     """The reasons of a ``file,reason`` CSV (``scripts.utils.files.write_reasons_csv``), if it exists."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        return [row["reason"] for row in csv.DictReader(handle)]
+    return [reason for _, reason in read_reasons_csv(path)]

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.inference.predictions import read_predictions
+
 __all__ = ["GROUPS", "ModelReport", "auc", "drain_band", "heat_on_band", "report_model", "subgroups"]
 
 #: (pneumothorax, drain) -> the subgroup's name in the report
@@ -130,9 +132,9 @@ def report_model(directory: Path, name: str, positive: dict[str, bool], drain: d
     if missing:
         raise ValueError(f"{run / 'test'}: {len(missing)} images not in the test set's CSV, e.g. {missing[0]}")
     metrics = json.loads((run / "test" / "metrics.json").read_text(encoding="utf-8"))["metrics"]
-    probability = {row["ImageId"]: float(row["probability"]) for row in _read_csv(run / "test_inference" / "predictions.csv")}
+    probability = {p.image_id: p.probability for p in read_predictions(run / "test_inference" / "predictions.csv")}
     rates, counts = subgroups(dice, positive, drain)
-    scored = [i for i in dice if i in probability]
+    scored = [i for i in dice if probability.get(i) is not None]
     heat_for = heat_for or (lambda target: float("nan"))
     return ModelReport(
         name=name,

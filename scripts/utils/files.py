@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_open", "safe_name", "write_csv", "write_reasons_csv"]
+__all__ = ["atomic_open", "read_reasons_csv", "safe_name", "try_lock", "write_csv", "write_reasons_csv"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -74,6 +74,29 @@ def _printable(text: str) -> str:
 def write_reasons_csv(path: str | os.PathLike, rows: Iterable[tuple[str, str]]) -> None:
     """A ``file,reason`` CSV (errors, skipped inputs, bad training files), atomically (:func:`write_csv`)."""
     write_csv(path, ["file", "reason"], rows)
+
+
+def read_reasons_csv(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """The ``(file, reason)`` rows of a :func:`write_reasons_csv` file; none if it does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        return [(row["file"], row["reason"]) for row in csv.DictReader(handle)]
+
+
+def try_lock(path: str | os.PathLike) -> int | None:
+    """An exclusive lock on ``path`` (created if need be; ``fcntl.flock``, released when the descriptor closes or the
+    process ends): its descriptor, or None if another process holds it."""
+    import fcntl
+
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(descriptor)
+        return None
+    return descriptor
 
 
 def _umask() -> int:
