@@ -31,6 +31,8 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom import Dataset
 
+from scripts.utils.processes import ends_with_this_process
+
 logger = logging.getLogger(__name__)
 
 #: Segment algorithm types that mark a SEG as a person's label (AUTOMATIC ones are the bundle's results).
@@ -177,7 +179,8 @@ class RadiographDicomwebDatastore(DICOMWebDatastore):
         """``python -m scripts.serving.label_seg ...`` in the bundle's environment; its error becomes ours."""
         command = [self.bundle_python, "-m", "scripts.serving.label_seg", *arguments]
         environment = {key: value for key, value in os.environ.items() if key != "VIRTUAL_ENV"}
-        result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600)
+        result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=600,
+                                preexec_fn=ends_with_this_process())  # fmt: skip
         if result.returncode != 0:
             raise ValueError(result.stderr.strip().splitlines()[-1] if result.stderr.strip() else
                              f"{' '.join(command)} failed ({result.returncode})")  # fmt: skip

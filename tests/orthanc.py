@@ -14,6 +14,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from scripts.utils.processes import ends_with_this_process
+
 ORTHANC = Path("/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -54,7 +56,8 @@ class Orthanc:
 
     def start(self, timeout: float = 60) -> Orthanc:
         log = open(self.folder / "orthanc.log", "ab")
-        self.process = subprocess.Popen([str(ORTHANC), str(self.config)], cwd=self.folder, stdout=log, stderr=log)
+        self.process = subprocess.Popen([str(ORTHANC), str(self.config)], cwd=self.folder, stdout=log, stderr=log,
+                                        preexec_fn=ends_with_this_process())  # a killed test run leaves no server  # fmt: skip
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

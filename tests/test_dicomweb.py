@@ -23,6 +23,7 @@ from scripts.serving.dicomweb import known_problem, query_filters
 from scripts.serving.ledger import Ledger
 from scripts.serving.pacs import DicomwebServer, InstanceRef, ServerError, read_credentials
 from scripts.utils.files import safe_name
+from scripts.utils.processes import ends_with_this_process
 from tests.conftest import REPO, bundle_env
 from tests.helpers import asymmetric_case, write_test_dicom
 from tests.orthanc import Orthanc
@@ -218,8 +219,10 @@ def poll(url: str, output_dir: Path, checkpoint: Path, *extra: str, password: st
                "--ckpt_dir", str(checkpoint), "--override", BRIGHTNESS, *extra]  # fmt: skip
     env = {**bundle_env(), "DICOMWEB_USERNAME": USER, "DICOMWEB_PASSWORD": password}
     if not wait:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=ends_with_this_process())  # fmt: skip
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+                          preexec_fn=ends_with_this_process())  # fmt: skip
 
 
 def states(output_dir: Path) -> dict[str, dict]:
