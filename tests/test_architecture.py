@@ -19,8 +19,8 @@ LIGHT = ["scripts.utils.files", "scripts.utils.flags", "scripts.utils.errors", "
 def imported_packages(path):
     tree = ast.parse(path.read_text(encoding="utf-8"))
     for node in ast.walk(tree):
-        names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])]
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):  # not ast.Global, whose names are strings
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
             for name in names:
                 parts = name.split(".")
                 if parts[0] == "scripts" and len(parts) > 1:

@@ -529,3 +529,27 @@ def test_the_writer_pool_bounds_its_backlog_and_returns_results_in_order_whoever
     returned += list(pool.drain())
     pool.close()
     assert returned == [(i, i) for i in range(20)]
+
+
+def test_each_run_in_a_process_ends_its_loader_and_writer_processes(mixed_folder, brightness_weights, tmp_path):
+    """A service runs inference again and again in one process (the DICOMweb command, the viewer, MONAI Label, the
+    benchmark): each run ends its loader and writer processes itself. Ignite stops after the last image without
+    ending the loader, whose idle workers then lived on until the garbage collector met them and PyTorch's clean-up
+    waited 5 s for each, in the middle of a later run."""
+    import multiprocessing
+
+    from scripts.benchmark.common import config_files as bundle_configs
+
+    for run in range(2):
+        workflow = ConfigWorkflow(
+            config_file=[*bundle_configs("inference.json"), BRIGHTNESS], meta_file=str(REPO / "configs" / "metadata.json"),
+            workflow_type="infer", bundle_root=str(REPO), dataset_dir=str(mixed_folder["root"]),
+            output_dir=str(tmp_path / f"run{run}"), ckpt_dir=str(brightness_weights), num_workers=2, write_workers=1,
+        )  # fmt: skip
+        workflow.initialize()
+        workflow.run()
+        assert multiprocessing.active_children() == [], f"run {run} left processes behind"
+        workflow.finalize()
+        summary = json.loads((tmp_path / f"run{run}" / "summary.json").read_text())
+        assert summary["processed"] == len(mixed_folder["truth"])
+        assert summary["failed"] + summary["skipped_by_rules"] == len(mixed_folder["bad"])

@@ -24,7 +24,7 @@ from scripts.inference.overlay import save_overlay
 from scripts.utils.errors import error_reason
 from scripts.utils.files import atomic_open
 
-__all__ = ["OUTPUT_FOLDERS", "image_output_paths", "save_png", "write_image_files"]
+__all__ = ["OUTPUT_FOLDERS", "image_output_paths", "import_writers", "save_png", "write_image_files"]
 
 OUTPUT_FOLDERS = ("masks", "seg", "overlays", "heatmaps")
 _SUFFIXES = {"masks": ".png", "seg": ".dcm", "overlays": ".png", "heatmaps": ".png"}
@@ -35,6 +35,19 @@ def image_output_paths(output_dir: str | os.PathLike, name: str) -> dict[str, Pa
     """Where one image's files go in an inference output folder: output folder (``masks``, ``seg``, ``overlays``,
     ``heatmaps``) -> ``<output_dir>/<folder>/<name>.png`` (``.dcm`` for the SEG)."""
     return {folder: Path(output_dir) / folder / f"{name}{_SUFFIXES[folder]}" for folder in OUTPUT_FOLDERS}
+
+
+def import_writers(seg: bool) -> None:
+    """Import what :func:`write_image_files` imports on first use (PIL; highdicom and pydicom's code dictionary
+    for the SEG, a second or more of CPU): called before the writer processes fork, so that they inherit them
+    instead of each importing them while the network runs beside them."""
+    import PIL.PngImagePlugin  # noqa: F401
+
+    if seg:
+        import highdicom  # noqa: F401
+        from pydicom.sr.codedict import codes  # noqa: F401
+
+        import scripts.inference.dicom_seg  # noqa: F401
 
 
 def write_image_files(

@@ -33,7 +33,7 @@ from scripts.inference.engine import ERROR_KEY, PATH_KEY, SKIP_KEY
 from scripts.inference.gating import GATED_KEY, IMAGE_PROB_KEY
 from scripts.inference.heatmaps import blend
 from scripts.inference.inputs import DicomScan, scan_dicom_inputs
-from scripts.inference.outputs import OUTPUT_FOLDERS, write_image_files
+from scripts.inference.outputs import OUTPUT_FOLDERS, import_writers, write_image_files
 from scripts.inference.predictions import ImagePrediction, write_predictions
 from scripts.inference.result_folder import ResultFolder
 from scripts.inference.writer_pool import WriterPool
@@ -141,9 +141,11 @@ class InferenceWriter:
             self._previous_sigterm = None
 
     def start_run(self) -> None:
-        """A fresh staging folder, and the writer processes (before the data loader starts its own)."""
+        """A fresh staging folder, and the writer processes (before the data loader starts its own), which inherit
+        the writers' modules already imported."""
         self.workdir = self.result.open()
         self.pool.temp_folders = [self.workdir / folder for folder in OUTPUT_FOLDERS]
+        import_writers(seg=self.seg)
         self.pool.start()
 
     def _start_iteration(self, _: Engine) -> None:

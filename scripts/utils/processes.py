@@ -5,18 +5,23 @@ training files): forked on Linux (the parent's modules are already imported; not
 spawned elsewhere. Each worker asks the kernel for SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``), so a
 parent killed with SIGKILL leaves no orphans holding memory, and leaves Ctrl-C and SIGTERM to its parent, which
 shuts the pool down.
+
+:func:`forking_safely` wraps code that forks (writer pools, data loader workers) in a process that may hold
+objects of a threaded runtime: a forked child must never run their destructors (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import gc
 import multiprocessing
 import os
 import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
-__all__ = ["ends_with_this_process", "process_pool"]
+__all__ = ["ends_with_this_process", "forking_safely", "process_pool"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -27,6 +32,33 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_die_with_parent, initargs=(os.getpid(),)
     )
+
+
+#: Nesting depth of :func:`forking_safely` (only the outermost freezes and unfreezes).
+_FROZEN = 0
+
+
+@contextlib.contextmanager
+def forking_safely():
+    """Within it, processes forked from this one never collect the objects this one holds when it is entered.
+
+    A forked child has only the forking thread, but a copy of every object, garbage in reference cycles included.
+    If the child's garbage collector frees such an object whose destructor waits for its runtime's threads (an
+    OpenVINO compiled model from an earlier inference run does), the child hangs for ever. So this collects this
+    process's garbage first (here, where the threads exist) and moves every object left to the collector's permanent
+    generation (:func:`gc.freeze`) until the block ends; children forked inside inherit that and leave them alone.
+    """
+    global _FROZEN
+    if _FROZEN == 0:
+        gc.collect()
+        gc.freeze()
+    _FROZEN += 1
+    try:
+        yield
+    finally:
+        _FROZEN -= 1
+        if _FROZEN == 0:
+            gc.unfreeze()
 
 
 def _die_with_parent(parent: int) -> None:
