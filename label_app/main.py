@@ -66,7 +66,8 @@ class PneumothoraxInfer(BundleInferTask):
 
         exported = getattr(self, "_exported", None)
         if exported is None or exported[0] is not network:  # built once per network MONAI Label (re)loads
-            self._exported = (network, ExportedNetwork(network, self.get_path(), runtime=backend))
+            precision = self.bundle_config.get_parsed_content("cpu_precision") if self.bundle_config.get("cpu_precision") else "f32"
+            self._exported = (network, ExportedNetwork(network, self.get_path(), runtime=backend, precision=precision))
         return self._exported[1]
 
     def post_transforms(self, data=None):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts.inference.onnx_backend import ExportedNetwork, default_backend, onnx_path, with_backend
+from scripts.inference.onnx_backend import ExportedNetwork, default_backend, fallbacks, onnx_path, with_backend
 from scripts.inference.predictions import read_predictions
 from scripts.networks.definition import build_network
 from scripts.synthetic.dataset import generate_dataset
@@ -63,7 +63,8 @@ def assert_same_results(torch_out: Path, onnx_out: Path, backend: str) -> None:
     for mask in sorted((torch_out / "masks").glob("*.png")):
         a, b = np.asarray(Image.open(mask)) > 0, np.asarray(Image.open(onnx_out / "masks" / mask.name)) > 0
         assert (a == b).mean() >= PIXEL_AGREEMENT, mask.name
-    assert json.loads((onnx_out / "summary.json").read_text())["backend"] == backend
+    summary = json.loads((onnx_out / "summary.json").read_text())
+    assert summary["backend"] == backend and summary["backend_fallbacks"] == {}  # asked when the run ended
 
 
 def test_the_default_is_openvino_on_a_cpu_and_torch_on_a_gpu():
@@ -128,6 +129,9 @@ def test_a_network_that_does_not_export_runs_on_pytorch_with_a_warning(tmp_path,
         np.testing.assert_allclose(member(x).detach(), 2 * x)
         member(x)
     assert member.fallback and "operator ONNX has no counterpart" in member.fallback
+    holder = torch.nn.Module()
+    holder.networks = torch.nn.ModuleList([member, ExportedNetwork(torch.nn.Identity(), tmp_path / "other.pt")])
+    assert fallbacks(holder) == {str(tmp_path / "model.pt"): member.fallback}  # what summary.json records
     assert sum("runs on PyTorch" in record.message for record in caplog.records) == 1  # said once, not per call
     assert not list((tmp_path / "onnx").glob("*")), "a failed export left a file"
 
@@ -197,3 +201,100 @@ def test_a_member_with_an_image_head_keeps_both_channels_on_both_runtimes(tmp_pa
             found = torch.sigmoid(ExportedNetwork(network, folder / "model.pt", threads=1, runtime=runtime)(x))
             assert found.shape == expected.shape
             assert float((found - expected).abs().max()) <= PROBABILITY_TOLERANCE, runtime
+
+
+def _collect_and_exit() -> None:
+    import gc
+    import os
+
+    gc.collect()
+    os._exit(0)
+
+
+def test_a_process_forked_after_a_run_never_frees_its_runtime(tmp_path):
+    """An OpenVINO network left as garbage in a cycle (an earlier inference run in the same process: the benchmark,
+    a label server that reloaded its weights) is freed by the parent before its writer and loader processes fork
+    (:func:`~scripts.utils.processes.forking_safely`, around ``FolderEvaluator.run``), never by them: a forked child
+    that frees it waits for ever for OpenVINO's threads, which it does not have (without the guard this child hangs
+    until the timeout)."""
+    import gc
+    import multiprocessing
+
+    from scripts.utils.processes import forking_safely
+
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8], "strides": [2]}  # fmt: skip
+    folder = save_random_model(tmp_path, small, seed=6)
+    member = ExportedNetwork(build_network(small).eval(), folder / "model.pt", threads=2, runtime="openvino")
+    with torch.no_grad():
+        member(torch.rand(1, 1, 32, 32))  # OpenVINO's threads now exist
+    member.cycle = [member]  # garbage only the collector can free
+    gc.disable()  # so that it is still there when the child forks
+    try:
+        del member
+        with forking_safely(), forking_safely():  # nested: only the outer one unfreezes
+            child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
+            child.start()
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0, "the parent's objects stay frozen after the block"
+        child.join(timeout=60)
+        hung = child.exitcode is None
+        if hung:
+            child.kill()
+            child.join()
+    finally:
+        gc.enable()
+        gc.collect()
+    assert not hung and child.exitcode == 0, "the forked child hung freeing the parent's OpenVINO network"
+
+
+def test_bfloat16_is_openvinos_opt_in_and_refused_elsewhere(tmp_path):
+    """``--cpu_precision bf16`` compiles OpenVINO in bfloat16 (on a CPU that has it; OpenVINO may keep float32 on
+    others), is refused by name on ONNX Runtime and PyTorch, and leaves the default float32 within the parity bound;
+    what the compiled network says it runs in decides which bound its probabilities are held to.
+
+    The compiled networks run in a process of their own: once OpenVINO has used AMX in a process, a later signal
+    to the test process (a subprocess ending) killed it with SIGSEGV on this Sapphire Rapids machine."""
+    import subprocess
+    import sys
+
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
+    folder = save_random_model(tmp_path, small, seed=7)
+    network = build_network(small).eval()
+    for runtime in ("onnxruntime", "torch"):
+        with pytest.raises(ValueError, match=f"cpu_precision bf16 is OpenVINO's: use --backend openvino.*on {runtime}"):
+            with_backend(network, runtime, precision="bf16")
+    with pytest.raises(ValueError, match="cpu_precision 'fp8': one of f32, bf16"):
+        ExportedNetwork(network, folder / "model.pt", precision="fp8")
+    result = subprocess.run([sys.executable, "-c", f"from tests.test_onnx_backend import compiled_precisions as c; "
+                             f"print(c({str(folder)!r}, {small!r}))"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    has_bf16, found = json.loads(result.stdout.strip().splitlines()[-1])
+    for precision, (hint, difference) in found.items():
+        assert hint == precision or (precision, has_bf16) == ("bf16", False), (precision, hint)  # f32: always
+        if hint == "f32":
+            assert difference <= PROBABILITY_TOLERANCE, precision
+        else:
+            assert 0 < difference < 0.1, "bfloat16 within a tenth of PyTorch's probabilities, not equal to them"
+
+
+def compiled_precisions(folder: str, definition: dict) -> str:
+    """In a process of its own: whether OpenVINO offers bfloat16 here, and per precision asked for, what the compiled
+    network runs in and how far its probabilities are from PyTorch's (JSON)."""
+    import openvino
+
+    network = build_network(definition).eval()
+    network.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
+    x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    found = {}
+    with torch.no_grad():
+        expected = torch.sigmoid(network(x))
+        for precision in ("f32", "bf16"):
+            member = ExportedNetwork(network, Path(folder) / "model.pt", threads=1, precision=precision)
+            difference = float((torch.sigmoid(member(x)) - expected).abs().max())
+            hint = member.session((64, 64)).compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+            found[precision] = (hint, difference)
+    return json.dumps([has_bf16, found])

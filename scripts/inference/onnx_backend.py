@@ -5,7 +5,8 @@
 ensemble by an :class:`ExportedNetwork` on that runtime, so flip TTA, ensembles and the sliding window (which calls
 the ensemble) work the same. The default (:func:`default_backend`) is OpenVINO on a CPU (the faster of the two
 measured, docs/README.md) and PyTorch (with AMP) on a GPU. OpenVINO runs in float32 (its CPU plugin would otherwise
-pick bfloat16 where the CPU has it, which moves probabilities by more than the parity bound).
+pick bfloat16 where the CPU has it, which moves probabilities by more than the parity bound); ``precision`` ``bf16``
+(``--cpu_precision bf16``) lets it, for several times the speed on CPUs with AMX, outside that bound.
 
 Each member is exported with torch's ONNX exporter for the input shape it is called with (a batch of sliding
 windows, any batch size) and cached beside its weights, ``<ckpt_dir>/onnx/<weights stem>-<key>.onnx``: the key
@@ -36,7 +37,8 @@ import torch
 
 from scripts.networks.definition import definition_of
 
-__all__ = ["BACKENDS", "OPSET", "ExportedNetwork", "default_backend", "onnx_path", "with_backend"]
+__all__ = ["BACKENDS", "OPSET", "PRECISIONS", "ExportedNetwork", "default_backend", "fallbacks", "onnx_path",
+           "with_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,9 @@ BACKENDS = ("torch", "openvino", "onnxruntime")
 #: The CPU runtimes, fastest first (docs/README.md, "Inference backends"): the default is the first installed.
 CPU_RUNTIMES = ("openvino", "onnxruntime")
 OPSET = 18
+#: What a CPU runtime computes in: float32 (the default, within the parity bound of PyTorch) or, on OpenVINO only,
+#: bfloat16 where the CPU has it (AVX512-BF16, AMX; float32 elsewhere).
+PRECISIONS = ("f32", "bf16")
 _INPUT, _OUTPUT = "image", "logits"
 
 
@@ -159,10 +164,12 @@ class ExportedNetwork(torch.nn.Module):
     """
 
     def __init__(self, network: torch.nn.Module, checkpoint: str | os.PathLike, threads: int | None = None,
-                 runtime: str = "openvino") -> None:  # fmt: skip
+                 runtime: str = "openvino", precision: str = "f32") -> None:  # fmt: skip
         super().__init__()
         if runtime not in CPU_RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: one of {', '.join(CPU_RUNTIMES)}")
+        check_precision(runtime, precision)
+        self.precision = precision
         self.network = network  # kept for exports of new input shapes, and as the network's identity
         self.checkpoint = str(checkpoint)
         self.runtime = runtime
@@ -179,7 +186,7 @@ class ExportedNetwork(torch.nn.Module):
                 path = onnx_path(self.checkpoint, self.network, spatial_shape)
                 if path.is_file():
                     try:
-                        self._sessions[spatial_shape] = _open(path, self.runtime, self.threads)
+                        self._sessions[spatial_shape] = _open(path, self.runtime, self.threads, self.precision)
                         return self._sessions[spatial_shape]
                     except Exception as error:  # a cached file that does not open (cut short?): export it again
                         logger.warning("%s does not open on %s (%s): exporting it again", path, self.runtime, error)
@@ -187,7 +194,7 @@ class ExportedNetwork(torch.nn.Module):
                 logger.info("exporting %s for %s inputs to %s", self.checkpoint, "x".join(map(str, spatial_shape)), path)
                 with _EXPORT_LOCK:
                     export_onnx(self.network, path, spatial_shape)
-                self._sessions[spatial_shape] = _open(path, self.runtime, self.threads)
+                self._sessions[spatial_shape] = _open(path, self.runtime, self.threads, self.precision)
             return self._sessions[spatial_shape]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -204,21 +211,19 @@ class ExportedNetwork(torch.nn.Module):
         return torch.from_numpy(output).to(x.device)
 
 
-def _open(path: Path, runtime: str, threads: int):
+def check_precision(runtime: str, precision: str) -> None:
+    """Refuse a precision that is not one of :data:`PRECISIONS`, or bfloat16 on another backend than OpenVINO."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"cpu_precision {precision!r}: one of {', '.join(PRECISIONS)}")
+    if precision != "f32" and runtime != "openvino":
+        raise ValueError(f"cpu_precision {precision} is OpenVINO's: use --backend openvino, or cpu_precision f32 "
+                         f"on {runtime}")  # fmt: skip
+
+
+def _open(path: Path, runtime: str, threads: int, precision: str = "f32"):
     """The exported network at ``path`` on ``runtime``, as a callable ``numpy batch -> numpy logits``."""
     if runtime == "openvino":
-        import openvino
-
-        compiled = openvino.Core().compile_model(str(path), "CPU", {
-            "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})  # fmt: skip
-        local = threading.local()  # an infer request is not thread-safe: one per thread
-
-        def run(batch: np.ndarray) -> np.ndarray:
-            if not hasattr(local, "request"):
-                local.request = compiled.create_infer_request()
-            return np.array(local.request.infer({_INPUT: batch})[compiled.output(0)], copy=True)
-
-        return run
+        return _open_openvino(path, threads, precision)
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -228,16 +233,65 @@ def _open(path: Path, runtime: str, threads: int):
     return lambda batch: session.run([_OUTPUT], {_INPUT: batch})[0]
 
 
-def with_backend(network: torch.nn.Module, backend: str = "torch", threads: int | None = None) -> torch.nn.Module:
+def fallbacks(network: torch.nn.Module) -> dict[str, str]:
+    """The members of ``network`` (as :func:`with_backend` gave it) that ran on PyTorch instead of their runtime:
+    checkpoint -> why (empty when every member ran where it was asked to, or on ``torch``)."""
+    members = getattr(network, "networks", [])
+    return {member.checkpoint: member.fallback for member in members
+            if isinstance(member, ExportedNetwork) and member.fallback is not None}  # fmt: skip
+
+
+#: Batch shapes OpenVINO compiles for exactly (static shapes: about 4 % faster than the dynamic batch, the same
+#: numbers); a sliding window meets two per image size (full batches and the rest), others run on the dynamic one.
+STATIC_SHAPES = 4
+
+
+def _open_openvino(path: Path, threads: int, precision: str):
+    """The OpenVINO callable of :func:`_open`: the network compiled with a dynamic batch at once (so that a file
+    that does not open fails here), and for the first :data:`STATIC_SHAPES` input shapes it meets, each on first
+    use; one infer request per thread and shape (a request is not thread-safe)."""
+    import openvino
+
+    core = openvino.Core()
+    model = core.read_model(str(path))
+    properties = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
+    dynamic = core.compile_model(model, "CPU", properties)
+    compiled: dict[tuple[int, ...], object] = {}
+    lock, local = threading.Lock(), threading.local()
+
+    def compiled_for(shape: tuple[int, ...]):
+        with lock:
+            if shape not in compiled and len(compiled) < STATIC_SHAPES:
+                static = model.clone()
+                static.reshape({_INPUT: list(shape)})
+                compiled[shape] = core.compile_model(static, "CPU", properties)
+            return compiled.get(shape, dynamic)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        requests = local.__dict__.setdefault("requests", {})
+        if batch.shape not in requests:
+            requests[batch.shape] = compiled_for(batch.shape).create_infer_request()
+        request = requests[batch.shape]
+        return np.array(request.infer({_INPUT: batch})[request.model_outputs[0]], copy=True)
+
+    run.compiled = dynamic  # what it runs in, for the curious (its properties)
+    return run
+
+
+def with_backend(network: torch.nn.Module, backend: str = "torch", threads: int | None = None,
+                 precision: str = "f32") -> torch.nn.Module:  # fmt: skip
     """The network inference runs on ``backend``: ``network`` itself for ``torch``; for ``openvino`` or
-    ``onnxruntime`` a copy of the ensemble (``AveragedProbabilities``) whose members run on that runtime.
-    ``network`` itself is left as it is (Grad-CAM heatmaps need its PyTorch modules).
+    ``onnxruntime`` a copy of the ensemble (``AveragedProbabilities``) whose members run on that runtime, in
+    ``precision`` (:data:`PRECISIONS`). ``network`` itself is left as it is (Grad-CAM heatmaps need its PyTorch
+    modules).
 
     Raises:
-        ValueError: an unknown backend, or a CPU runtime for a network that is not an ensemble of checkpoints.
+        ValueError: an unknown backend or precision, bfloat16 on another backend than OpenVINO, or a CPU runtime for
+            a network that is not an ensemble of checkpoints.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+    check_precision(backend, precision)
     if backend == "torch":
         return network
     members, checkpoints = getattr(network, "networks", None), getattr(network, "checkpoints", None)
@@ -246,7 +300,7 @@ def with_backend(network: torch.nn.Module, backend: str = "torch", threads: int 
     exported = copy.copy(network)
     exported._modules = dict(network._modules)
     exported.networks = torch.nn.ModuleList(
-        [ExportedNetwork(member, path, threads, backend) for member, path in zip(members, checkpoints)]
+        [ExportedNetwork(member, path, threads, backend, precision) for member, path in zip(members, checkpoints)]
     )
-    logger.info("inference on %s (%d threads)", backend, threads or cpu_threads())
+    logger.info("inference on %s in %s (%d threads)", backend, precision, threads or cpu_threads())
     return exported

@@ -64,7 +64,8 @@ class InferenceWriter:
         masks, seg, overlays: which per-image outputs to write.
         heatmaps: a :class:`~scripts.inference.heatmaps.HeatmapMaker` to write ``heatmaps/`` with, or None.
         pred_key, image_key: engine output keys of the thresholded prediction and of the loaded image.
-        info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...).
+        info: extra facts for ``summary.json`` (thresholds, checkpoints, TTA...); a callable is asked when the
+            summary is written (what only the run can tell: which runtime each network ended up on).
         workers: processes that write the per-image files in parallel with inference (0: the engine's thread).
         overwrite: replace the results ``output_dir`` holds (as one, when the run completes).
     """
@@ -260,7 +261,7 @@ class InferenceWriter:
                 "overlays": "overlays/" if self.overlays else None,
                 "heatmaps": f"heatmaps/ (Grad-CAM at {self.heatmaps.layer})" if self.heatmaps is not None else None,
             },
-            **self.info,
+            **{key: value() if callable(value) else value for key, value in self.info.items()},
         }
         with atomic_open(self.workdir / "summary.json", "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=4, default=str)
