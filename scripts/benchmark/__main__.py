@@ -13,7 +13,8 @@ Writes ``benchmark.json`` and ``benchmark.md`` (a table) to ``--out`` and prints
 * inference: model-only sliding-window images/s on full-size images against ``configs/inference.json`` over a
   folder of JPEG-Baseline DICOMs (every output written), with and without flip TTA;
 * inference backends, in one run: torch fp32, torch channels_last and (on a CPU) OpenVINO and ONNX Runtime, seconds per image
-  model-only and over the DICOM folder with every output written, and each one's speed-up over torch fp32;
+  model-only and over the DICOM folder with every output written (the run's wall time over its images), each one's
+  speed-up over torch fp32 and its parity with it (probabilities, masks);
 * the data pipeline alone, per CPU core: decode, label, the loader's crop and parameter draw, the textbook MONAI
   CPU augmentation chain for comparison, and the on-device augmentation per image;
 * the inference writer: engine-thread ms per image with the files written in that thread and in writer processes;
@@ -81,11 +82,15 @@ def table(results: dict) -> str:
 
 
 def backend_rows(results: dict) -> list[str]:
-    lines = ["", "| inference backend (no TTA) | s/image model-only | speed-up | s/image inference.json over DICOMs | speed-up |",
-             "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    images = next(iter(results["backends"].values()))["images"]
+    lines = ["", f"| inference backend (no TTA) | s/image model-only | speed-up | s/image end to end ({images} DICOMs, "
+             "every output written) | speed-up | parity: max probability difference, min mask agreement |",
+             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, entry in results["backends"].items():
+        parity = ("reference" if "max_probability_difference" not in entry else
+                  f"{entry['max_probability_difference']:.1e}, {100 * entry['min_mask_agreement']:.3f} %")  # fmt: skip
         lines.append(f"| {name} | {entry['model_only_s_per_image']} | {entry['model_only_speedup']:.2f} | "
-                     f"{entry['pipeline_s_per_image']} | {entry['pipeline_speedup']:.2f} |")  # fmt: skip
+                     f"{entry['pipeline_s_per_image']} | {entry['pipeline_speedup']:.2f} | {parity} |")  # fmt: skip
     return lines
 
 

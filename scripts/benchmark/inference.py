@@ -15,8 +15,9 @@ from scripts.benchmark.common import REPO, bundle_config, calls_per_second, conf
 __all__ = ["BACKEND_VARIANTS", "backend_comparison", "inference_model_only", "inference_pipeline", "writer_cost"]
 
 
-def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool) -> dict:
-    """Images/s of sliding-window inference on full-size random images already on the device (no I/O)."""
+def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool, keep: dict | None = None) -> dict:
+    """Images/s of sliding-window inference on a full-size random image already on the device (no I/O); the image's
+    probabilities go into ``keep["probabilities"]`` when ``keep`` is given (the same image for every call: seeded)."""
     parser = bundle_config("inference.json", {**overrides, "checkpoints": [str(checkpoint)], "tta": tta})
     device = parser.get_parsed_content("device")
     network = parser.get_parsed_content("inference_network")  # the network on the configured backend
@@ -24,47 +25,78 @@ def inference_model_only(args, overrides: dict, checkpoint: Path, tta: bool) -> 
     amp = parser.get_parsed_content("amp")
     dtype = parser.get_parsed_content("amp_dtype")
     memory_format = parser.get_parsed_content("memory_format")
-    x = torch.rand(1, 1, args.size, args.size, device=device).to(memory_format=memory_format)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 1, args.size, args.size, generator=generator).to(device, memory_format=memory_format)
 
-    def once() -> None:
+    def once() -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=bool(amp) and device.type == "cuda"):
-            torch.sigmoid(inferer(x, network))
+            return torch.sigmoid(inferer(x, network))
 
     speed = calls_per_second(once, args.infer_images, device)
+    if keep is not None:
+        keep["probabilities"] = once().float().cpu().numpy()
     return {"images_per_s": round(speed, 3), "seconds_per_image": round(1 / speed, 3), "tta": tta,
             "backend": parser.get_parsed_content("backend")}  # fmt: skip
 
 
-#: The backends compared in one run: each with its settings (overrides of configs/inference.json).
+#: The backends compared in one run: each with its settings (overrides of configs/inference.json). The first is
+#: the reference of the speed-ups and of parity: PyTorch in float32 (no AMP, even on a GPU), contiguous.
 BACKEND_VARIANTS = {
-    "torch fp32": {"backend": "torch", "channels_last": False},
+    "torch fp32": {"backend": "torch", "channels_last": False, "amp": False},
     "torch channels_last": {"backend": "torch", "channels_last": True},
     "openvino": {"backend": "openvino"},
     "onnxruntime": {"backend": "onnxruntime"},
+    "openvino bf16 (opt-in)": {"backend": "openvino", "cpu_precision": "bf16"},
 }
 
 
 def backend_comparison(args, overrides: dict, data_dir: Path, checkpoint: Path, out: Path) -> dict:
-    """Seconds per image of each :data:`BACKEND_VARIANTS` entry, model-only and over the DICOM folder with every
-    output written, and each one's speed-up over torch fp32 (the ratio of seconds)."""
-    results = {}
+    """Each :data:`BACKEND_VARIANTS` entry in one run: seconds per image model-only and end to end (the wall time of
+    ``inference.json`` over the DICOM folder, every output written, start-up included, over the images), each one's
+    speed-up over torch fp32 (the ratio of seconds), and its parity with torch fp32: the largest difference of a
+    pixel's probability on the model-only image, and the smallest share of mask pixels that agree over the folder."""
+    results, reference = {}, None
+    cpu = bundle_config("inference.json", {}).get_parsed_content("device").type == "cpu"
     for name, settings in BACKEND_VARIANTS.items():
-        if settings["backend"] != "torch" and bundle_config("inference.json", {}).get_parsed_content("device").type != "cpu":
-            continue  # ONNX Runtime is the CPU backend
-        merged = {**overrides, **settings}
-        model = inference_model_only(args, merged, checkpoint, tta=False)
-        pipeline = inference_pipeline(merged, data_dir, checkpoint, out / f"backend_{name.replace(' ', '_')}", tta=False)
-        results[name] = {"model_only_s_per_image": model["seconds_per_image"],
-                         "pipeline_s_per_image": pipeline["seconds_per_image"]}  # fmt: skip
-    reference = results["torch fp32"]
+        if settings["backend"] != "torch" and not cpu:
+            continue  # OpenVINO and ONNX Runtime are the CPU's backends
+        merged, kept = {**overrides, **settings}, {}
+        model = inference_model_only(args, merged, checkpoint, tta=False, keep=kept)
+        folder = out / f"backend_{name.split(' (')[0].replace(' ', '_')}"
+        pipeline = inference_pipeline(merged, data_dir, checkpoint, folder, tta=False)
+        entry = {"model_only_s_per_image": model["seconds_per_image"],
+                 "pipeline_s_per_image": round(pipeline["wall_seconds"] / pipeline["images"], 3),
+                 "images": pipeline["images"]}  # fmt: skip
+        if reference is None:
+            reference = (kept["probabilities"], folder)
+        else:
+            entry["max_probability_difference"] = float(np.abs(kept["probabilities"] - reference[0]).max())
+            entry["min_mask_agreement"] = mask_agreement(reference[1] / "masks", folder / "masks")
+        results[name] = entry
+    first = next(iter(results.values()))
     for entry in results.values():
-        entry["model_only_speedup"] = round(reference["model_only_s_per_image"] / entry["model_only_s_per_image"], 2)
-        entry["pipeline_speedup"] = round(reference["pipeline_s_per_image"] / entry["pipeline_s_per_image"], 2)
+        entry["model_only_speedup"] = round(first["model_only_s_per_image"] / entry["model_only_s_per_image"], 2)
+        entry["pipeline_speedup"] = round(first["pipeline_s_per_image"] / entry["pipeline_s_per_image"], 2)
     return results
 
 
+def mask_agreement(expected: Path, found: Path) -> float:
+    """The smallest share of pixels on which the masks of ``found`` agree with those of ``expected`` (same names)."""
+    from PIL import Image
+
+    shares = []
+    for mask in sorted(expected.glob("*.png")):
+        a, b = np.asarray(Image.open(mask)) > 0, np.asarray(Image.open(found / mask.name)) > 0
+        shares.append(float((a == b).mean()))
+    if not shares:
+        raise ValueError(f"{expected} holds no masks to compare")
+    return min(shares)
+
+
 def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: Path, tta: bool) -> dict:
-    """Images/s of configs/inference.json over the test folder, every output written."""
+    """Images/s of configs/inference.json over the test folder, every output written (``seconds_per_image``: the
+    mean of the images' own times, as ``summary.json`` gives it; ``wall_seconds``: the whole run, start-up and the
+    publishing of the results included)."""
     from monai.bundle import ConfigWorkflow
 
     workflow = ConfigWorkflow(
@@ -80,13 +112,16 @@ def inference_pipeline(overrides: dict, data_dir: Path, checkpoint: Path, out: P
         **overrides,
     )
     workflow.initialize()
+    start = time.perf_counter()
     workflow.run()
+    wall = time.perf_counter() - start
     workflow.finalize()
     summary = json.loads((out / "summary.json").read_text())
     return {
         "images_per_s": summary["images_per_second"],
         "seconds_per_image": summary["seconds_per_image"],
         "images": summary["processed"],
+        "wall_seconds": round(wall, 3),
         "tta": tta,
     }
 
