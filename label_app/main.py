@@ -58,15 +58,16 @@ class PneumothoraxInfer(BundleInferTask):
     def _get_network(self, device, data):
         """MONAI Label's network (reloaded when the weights change), on the served bundle's ``backend`` where that
         is a CPU runtime and the device is the CPU (``scripts.inference.onnx_backend``: OpenVINO by default)."""
+        from scripts.inference.onnx_backend import ExportedNetwork, check_precision
+
         network = super()._get_network(device, data)
         backend = self.bundle_config.get_parsed_content("backend") if self.bundle_config.get("backend") else "torch"
+        precision = self.bundle_config.get_parsed_content("cpu_precision") if self.bundle_config.get("cpu_precision") else "f32"
+        check_precision(backend, precision)  # bf16 on another backend is refused, as by inference.json
         if network is None or backend == "torch" or not str(device).startswith("cpu"):
             return network
-        from scripts.inference.onnx_backend import ExportedNetwork
-
         exported = getattr(self, "_exported", None)
         if exported is None or exported[0] is not network:  # built once per network MONAI Label (re)loads
-            precision = self.bundle_config.get_parsed_content("cpu_precision") if self.bundle_config.get("cpu_precision") else "f32"
             self._exported = (network, ExportedNetwork(network, self.get_path(), runtime=backend, precision=precision))
         return self._exported[1]
 

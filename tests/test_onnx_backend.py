@@ -65,6 +65,7 @@ def assert_same_results(torch_out: Path, onnx_out: Path, backend: str) -> None:
         assert (a == b).mean() >= PIXEL_AGREEMENT, mask.name
     summary = json.loads((onnx_out / "summary.json").read_text())
     assert summary["backend"] == backend and summary["backend_fallbacks"] == {}  # asked when the run ended
+    assert summary["cpu_precision"] == "f32"
 
 
 def test_the_default_is_openvino_on_a_cpu_and_torch_on_a_gpu():
@@ -183,6 +184,28 @@ def test_a_member_called_from_several_threads_at_once_answers_each_right(runtime
     assert member.fallback is None, member.fallback
     for a, b in zip(found, expected):
         np.testing.assert_allclose(torch.sigmoid(a), torch.sigmoid(b), atol=1e-5)
+
+
+def test_openvino_compiles_the_first_shapes_exactly_and_runs_the_others_on_the_dynamic_batch(tmp_path):
+    """Full batches of windows and the rest get static compiles (STATIC_SHAPES); a third shape, and a second thread,
+    still get PyTorch's answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scripts.inference.onnx_backend import STATIC_SHAPES
+
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
+    folder = save_random_model(tmp_path, small, seed=8)
+    network = build_network(small).eval()
+    network.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    member = ExportedNetwork(network, folder / "model.pt", threads=1)
+    inputs = [torch.rand(batch, 1, 32, 32) for batch in (4, 1, 3, 4, 3)]
+    with ThreadPoolExecutor(2) as pool, torch.no_grad():
+        found = list(pool.map(member, inputs))
+        expected = [network(x) for x in inputs]
+    for a, b in zip(found, expected):
+        np.testing.assert_allclose(torch.sigmoid(a), torch.sigmoid(b), atol=1e-5)
+    assert sorted(member.session((32, 32)).static_shapes) == [(1, 1, 32, 32), (4, 1, 32, 32)][:STATIC_SHAPES]
 
 
 def test_a_member_with_an_image_head_keeps_both_channels_on_both_runtimes(tmp_path):

@@ -65,7 +65,7 @@ def backend_comparison(args, overrides: dict, data_dir: Path, checkpoint: Path, 
         folder = out / f"backend_{name.split(' (')[0].replace(' ', '_')}"
         pipeline = inference_pipeline(merged, data_dir, checkpoint, folder, tta=False)
         entry = {"model_only_s_per_image": model["seconds_per_image"],
-                 "pipeline_s_per_image": round(pipeline["wall_seconds"] / pipeline["images"], 3),
+                 "pipeline_s_per_image": round(pipeline["wall_seconds"] / max(pipeline["images"], 1), 3),
                  "images": pipeline["images"]}  # fmt: skip
         if reference is None:
             reference = (kept["probabilities"], folder)
@@ -86,6 +86,9 @@ def mask_agreement(expected: Path, found: Path) -> float:
 
     shares = []
     for mask in sorted(expected.glob("*.png")):
+        if not (found / mask.name).is_file():  # an image the variant lost agrees on nothing
+            shares.append(0.0)
+            continue
         a, b = np.asarray(Image.open(mask)) > 0, np.asarray(Image.open(found / mask.name)) > 0
         shares.append(float((a == b).mean()))
     if not shares:

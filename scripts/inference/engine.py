@@ -89,7 +89,6 @@ class FolderEvaluator(SupervisedEvaluator):
         try:
             with forking_safely():
                 super().run(global_epoch)
-            self._end_loader_workers()
         except (RuntimeError, OSError, EOFError) as error:
             # A dead worker shows as PyTorch's "DataLoader worker ... exited unexpectedly", or, when it dies while
             # handing over a tensor, as a reset connection: ask the loader which of its workers are gone.
@@ -108,6 +107,8 @@ class FolderEvaluator(SupervisedEvaluator):
                 f"a data loader worker died while loading {', '.join(held)} (out of memory? a crash in a decoder? "
                 "the other files are fine: leave that one out, or lower num_workers)"
             ) from error
+        finally:  # whatever ended the run (a service goes on to the next one)
+            self._end_loader_workers()
 
     def _setup_dataloader_iter(self) -> None:
         super()._setup_dataloader_iter()
@@ -117,7 +118,10 @@ class FolderEvaluator(SupervisedEvaluator):
         """End the loader's processes now. Ignite stops after the folder's last image without asking the loader
         for more, so its iterator and idle workers would otherwise live on until the garbage collector finds them,
         where PyTorch's clean-up of an iterator it did not end waits 5 s per worker (10 s on 2 cores, at a random
-        moment of the next run of a service or benchmark that runs inference again)."""
+        moment of the next run of a service or benchmark that runs inference again). Persistent workers
+        (``persistent_workers``) are left to the loader, which reuses them."""
+        if getattr(self.data_loader, "persistent_workers", False):
+            return  # asked to live on: the loader's next iteration uses them again
         iterator, self._loader_iterator, self._dataloader_iter = getattr(self, "_loader_iterator", None), None, None
         shutdown = getattr(iterator, "_shutdown_workers", None)
         if shutdown is not None:

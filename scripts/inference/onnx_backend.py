@@ -37,8 +37,8 @@ import torch
 
 from scripts.networks.definition import definition_of
 
-__all__ = ["BACKENDS", "OPSET", "PRECISIONS", "ExportedNetwork", "default_backend", "fallbacks", "onnx_path",
-           "with_backend"]
+__all__ = ["BACKENDS", "OPSET", "PRECISIONS", "ExportedNetwork", "check_precision", "default_backend", "fallbacks",
+           "onnx_path", "with_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +241,17 @@ def fallbacks(network: torch.nn.Module) -> dict[str, str]:
             if isinstance(member, ExportedNetwork) and member.fallback is not None}  # fmt: skip
 
 
-#: Batch shapes OpenVINO compiles for exactly (static shapes: about 4 % faster than the dynamic batch, the same
-#: numbers); a sliding window meets two per image size (full batches and the rest), others run on the dynamic one.
-STATIC_SHAPES = 4
+#: Input shapes OpenVINO compiles for exactly (static shapes: about 4 % faster than the dynamic batch, the same
+#: numbers): the first two a member meets, which for a sliding window over images of one size are its full batches
+#: and the rest; other shapes run on the dynamic compile.
+STATIC_SHAPES = 2
 
 
 def _open_openvino(path: Path, threads: int, precision: str):
     """The OpenVINO callable of :func:`_open`: the network compiled with a dynamic batch at once (so that a file
-    that does not open fails here), and for the first :data:`STATIC_SHAPES` input shapes it meets, each on first
-    use; one infer request per thread and shape (a request is not thread-safe)."""
+    that does not open fails here, where the member's fallback to PyTorch catches it), and for the first
+    :data:`STATIC_SHAPES` input shapes it meets, each on first use (a shape OpenVINO cannot compile statically runs
+    on the dynamic compile); one infer request per thread and compiled network (a request is not thread-safe)."""
     import openvino
 
     core = openvino.Core()
@@ -262,19 +264,26 @@ def _open_openvino(path: Path, threads: int, precision: str):
     def compiled_for(shape: tuple[int, ...]):
         with lock:
             if shape not in compiled and len(compiled) < STATIC_SHAPES:
-                static = model.clone()
-                static.reshape({_INPUT: list(shape)})
-                compiled[shape] = core.compile_model(static, "CPU", properties)
+                try:
+                    static = model.clone()
+                    static.reshape({_INPUT: list(shape)})
+                    compiled[shape] = core.compile_model(static, "CPU", properties)
+                except Exception as error:  # the dynamic compile still takes it
+                    logger.warning("%s: no static OpenVINO compile for %s inputs (%s): the dynamic one runs them",
+                                   path.name, "x".join(map(str, shape)), error)  # fmt: skip
+                    compiled[shape] = dynamic
             return compiled.get(shape, dynamic)
 
     def run(batch: np.ndarray) -> np.ndarray:
+        network = compiled_for(batch.shape)
         requests = local.__dict__.setdefault("requests", {})
-        if batch.shape not in requests:
-            requests[batch.shape] = compiled_for(batch.shape).create_infer_request()
-        request = requests[batch.shape]
+        if id(network) not in requests:  # the compiled networks live as long as this callable
+            requests[id(network)] = network.create_infer_request()
+        request = requests[id(network)]
         return np.array(request.infer({_INPUT: batch})[request.model_outputs[0]], copy=True)
 
     run.compiled = dynamic  # what it runs in, for the curious (its properties)
+    run.static_shapes = compiled  # the shapes compiled exactly so far
     return run
 
 

@@ -261,7 +261,7 @@ class InferenceWriter:
                 "overlays": "overlays/" if self.overlays else None,
                 "heatmaps": f"heatmaps/ (Grad-CAM at {self.heatmaps.layer})" if self.heatmaps is not None else None,
             },
-            **{key: value() if callable(value) else value for key, value in self.info.items()},
+            **{key: _asked(value) for key, value in self.info.items()},
         }
         with atomic_open(self.workdir / "summary.json", "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=4, default=str)
@@ -303,3 +303,14 @@ def _probability_source(gated: int, predictions: list[ImagePrediction]) -> str:
 
 def _terminate(signum, frame) -> None:
     raise SystemExit(128 + signum)
+
+
+def _asked(value: object) -> object:
+    """An info value for ``summary.json``: a callable's answer (its error, if it fails: the run's results matter
+    more than one fact about it), else the value."""
+    if not callable(value):
+        return value
+    try:
+        return value()
+    except Exception as error:
+        return f"unknown ({error_reason(error)})"

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
-from scripts.utils.processes import process_pool
+from scripts.utils.processes import forking_safely, process_pool
 
 __all__ = ["WriterPool"]
 
@@ -58,8 +58,9 @@ class WriterPool:
 
     def _open(self) -> None:
         if self.workers and self._executor is None:
-            self._executor = process_pool(self.workers)
-            self._executor.submit(int).result()
+            with forking_safely():  # the processes start (fork) at the first job
+                self._executor = process_pool(self.workers)
+                self._executor.submit(int).result()
 
     def close(self, cancel: bool = False) -> None:
         """Stop the processes (after their jobs, or cancelling those not started)."""

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from concurrent.futures import ProcessPoolExecutor
 
 __all__ = ["ends_with_this_process", "forking_safely", "process_pool"]
@@ -34,31 +35,37 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     )
 
 
-#: Nesting depth of :func:`forking_safely` (only the outermost freezes and unfreezes).
-_FROZEN = 0
+#: Nesting depth of :func:`forking_safely` (only the outermost collects, freezes and unfreezes), under its lock,
+#: and whether the outermost found objects frozen already (by the application: then they stay frozen).
+_FROZEN = {"depth": 0, "before": False}
+_FROZEN_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
 def forking_safely():
-    """Within it, processes forked from this one never collect the objects this one holds when it is entered.
+    """Within it, processes forked from this one never free the objects this one holds when it is entered.
 
     A forked child has only the forking thread, but a copy of every object, garbage in reference cycles included.
     If the child's garbage collector frees such an object whose destructor waits for its runtime's threads (an
     OpenVINO compiled model from an earlier inference run does), the child hangs for ever. So this collects this
-    process's garbage first (here, where the threads exist) and moves every object left to the collector's permanent
-    generation (:func:`gc.freeze`) until the block ends; children forked inside inherit that and leave them alone.
+    process's garbage first (here, where the threads exist), and moves every object left to the collector's
+    permanent generation (:func:`gc.freeze`) until the block ends: a child forked inside never frees them, even
+    where it drops its own references to them. Nesting and threads are fine; objects the application froze itself
+    stay frozen.
     """
-    global _FROZEN
-    if _FROZEN == 0:
-        gc.collect()
-        gc.freeze()
-    _FROZEN += 1
+    with _FROZEN_LOCK:
+        if _FROZEN["depth"] == 0:
+            _FROZEN["before"] = gc.get_freeze_count() > 0
+            gc.collect()
+            gc.freeze()
+        _FROZEN["depth"] += 1
     try:
         yield
     finally:
-        _FROZEN -= 1
-        if _FROZEN == 0:
-            gc.unfreeze()
+        with _FROZEN_LOCK:
+            _FROZEN["depth"] -= 1
+            if _FROZEN["depth"] == 0 and not _FROZEN["before"]:
+                gc.unfreeze()
 
 
 def _die_with_parent(parent: int) -> None:
