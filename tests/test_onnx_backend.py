@@ -237,9 +237,27 @@ def _collect_and_exit() -> None:
 def test_a_process_forked_after_a_run_never_frees_its_runtime(tmp_path):
     """An OpenVINO network left as garbage in a cycle (an earlier inference run in the same process: the benchmark,
     a label server that reloaded its weights) is freed by the parent before its writer and loader processes fork
-    (:func:`~scripts.utils.processes.forking_safely`, around ``FolderEvaluator.run``), never by them: a forked child
-    that frees it waits for ever for OpenVINO's threads, which it does not have (without the guard this child hangs
-    until the timeout)."""
+    (:func:`~scripts.utils.processes.forking_safely`, around ``FolderEvaluator.run`` and the writer pool's start),
+    never by them: a forked child that frees it waits for ever for OpenVINO's threads, which it does not have
+    (without the guard this child hangs until the timeout).
+
+    It runs in a process of its own: in the pytest process, after the suite's earlier tests, this child's exit
+    killed pytest with SIGSEGV (the SIGCHLD's delivery; not seen outside pytest)."""
+    import subprocess
+    import sys
+
+    code = f"from tests.test_onnx_backend import fork_after_a_run as f; print(f({str(tmp_path)!r}))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    frozen_inside, frozen_after, exitcode = json.loads(result.stdout.strip().splitlines()[-1])
+    assert frozen_inside > 0 and frozen_after == 0, "the parent's objects stay frozen after the block"
+    assert exitcode == 0, "the forked child hung freeing the parent's OpenVINO network"
+
+
+def fork_after_a_run(folder: str) -> str:
+    """In a process of its own: an OpenVINO member run, left as garbage in a cycle, then a child forked inside
+    (nested) forking_safely that collects garbage and exits. Returns the freeze counts inside and after the block
+    and the child's exit code (None: it hung), as JSON."""
     import gc
     import multiprocessing
 
@@ -247,28 +265,25 @@ def test_a_process_forked_after_a_run_never_frees_its_runtime(tmp_path):
 
     small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
              "channels": [4, 8], "strides": [2]}  # fmt: skip
-    folder = save_random_model(tmp_path, small, seed=6)
-    member = ExportedNetwork(build_network(small).eval(), folder / "model.pt", threads=2, runtime="openvino")
+    checkpoint = save_random_model(Path(folder), small, seed=6) / "model.pt"
+    member = ExportedNetwork(build_network(small).eval(), checkpoint, threads=2, runtime="openvino")
     with torch.no_grad():
         member(torch.rand(1, 1, 32, 32))  # OpenVINO's threads now exist
     member.cycle = [member]  # garbage only the collector can free
     gc.disable()  # so that it is still there when the child forks
-    try:
-        del member
-        with forking_safely(), forking_safely():  # nested: only the outer one unfreezes
-            child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
-            child.start()
-            assert gc.get_freeze_count() > 0
-        assert gc.get_freeze_count() == 0, "the parent's objects stay frozen after the block"
-        child.join(timeout=60)
-        hung = child.exitcode is None
-        if hung:
-            child.kill()
-            child.join()
-    finally:
-        gc.enable()
-        gc.collect()
-    assert not hung and child.exitcode == 0, "the forked child hung freeing the parent's OpenVINO network"
+    del member
+    with forking_safely(), forking_safely():  # nested: only the outer one unfreezes
+        child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
+        child.start()
+        frozen_inside = gc.get_freeze_count()
+    frozen_after = gc.get_freeze_count()
+    child.join(timeout=60)
+    exitcode = child.exitcode
+    if exitcode is None:
+        child.kill()
+        child.join()
+    gc.enable()
+    return json.dumps([frozen_inside, frozen_after, exitcode])
 
 
 def test_bfloat16_is_openvinos_opt_in_and_refused_elsewhere(tmp_path):
