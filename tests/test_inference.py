@@ -535,40 +535,22 @@ def test_each_run_in_a_process_ends_its_loader_and_writer_processes(mixed_folder
     """A service runs inference again and again in one process (the DICOMweb command, the viewer, MONAI Label, the
     benchmark): each run ends its loader and writer processes itself. Ignite stops after the last image without
     ending the loader, whose idle workers then lived on until the garbage collector met them and PyTorch's clean-up
-    waited 5 s for each, in the middle of a later run.
-
-    The runs happen in a process of their own: PyTorch's loader leaves its SIGCHLD handler in the process that ran
-    it, and in the test process that handler, after OpenVINO, was killed by SIGSEGV at a later child's exit."""
-    import subprocess
-    import sys
-
-    code = (f"from tests.test_inference import runs_in_one_process as r; "
-            f"print(r({str(mixed_folder['root'])!r}, {str(brightness_weights)!r}, {str(tmp_path)!r}))")  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for run, (left, summary) in enumerate(json.loads(result.stdout.strip().splitlines()[-1])):
-        assert left == 0, f"run {run} left {left} processes behind"
-        assert summary["processed"] == len(mixed_folder["truth"])
-        assert summary["failed"] + summary["skipped_by_rules"] == len(mixed_folder["bad"])
-
-
-def runs_in_one_process(folder: str, ckpt_dir: str, out: str) -> str:
-    """Two inference runs in this process with loader and writer processes: per run, how many child processes it
-    left behind and its summary (JSON)."""
+    waited 5 s for each, in the middle of a later run."""
     import multiprocessing
 
     from scripts.benchmark.common import config_files as bundle_configs
 
-    found = []
+    before = set(multiprocessing.active_children())
     for run in range(2):
         workflow = ConfigWorkflow(
             config_file=[*bundle_configs("inference.json"), BRIGHTNESS], meta_file=str(REPO / "configs" / "metadata.json"),
-            workflow_type="infer", bundle_root=str(REPO), dataset_dir=folder, output_dir=str(Path(out) / f"run{run}"),
-            ckpt_dir=ckpt_dir, num_workers=2, write_workers=1,
+            workflow_type="infer", bundle_root=str(REPO), dataset_dir=str(mixed_folder["root"]),
+            output_dir=str(tmp_path / f"run{run}"), ckpt_dir=str(brightness_weights), num_workers=2, write_workers=1,
         )  # fmt: skip
         workflow.initialize()
         workflow.run()
-        left = len(multiprocessing.active_children())
+        assert set(multiprocessing.active_children()) <= before, f"run {run} left processes behind"
         workflow.finalize()
-        found.append((left, json.loads((Path(out) / f"run{run}" / "summary.json").read_text())))
-    return json.dumps(found)
+        summary = json.loads((tmp_path / f"run{run}" / "summary.json").read_text())
+        assert summary["processed"] == len(mixed_folder["truth"])
+        assert summary["failed"] + summary["skipped_by_rules"] == len(mixed_folder["bad"])

@@ -164,6 +164,52 @@ def test_every_network_family_gives_the_same_probabilities_on_both_runtimes(fami
             assert float(((found > 0.5) == (expected > 0.5)).float().mean()) >= PIXEL_AGREEMENT, (family, runtime)
 
 
+def test_networks_freed_in_the_order_they_were_made_leave_signals_working(tmp_path):
+    """OpenVINO's CPU plugin installs a signal stack of its own in the thread that makes it and, when freed, puts
+    back the one it found. With an OpenVINO Core (and so a plugin) per network, two networks freed first to last left
+    the thread on the first plugin's stack, already freed; the next signal with a Python handler (a child's SIGCHLD,
+    as a data loader sets) was delivered there, and killed the pytest process with SIGSEGV in the full suite.
+    Now the second network makes no second signal stack, and after both are freed a child's SIGCHLD is handled.
+    In a process of its own, so that a failure is reported, not fatal."""
+    import subprocess
+    import sys
+
+    small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+             "channels": [4, 8], "strides": [2]}  # fmt: skip
+    checkpoint = save_random_model(tmp_path, small, seed=9) / "model.pt"
+    code = f"""
+import ctypes, gc, json, signal, subprocess, torch
+from scripts.inference.onnx_backend import ExportedNetwork
+from scripts.networks.definition import build_network
+
+class Stack(ctypes.Structure):
+    _fields_ = [("sp", ctypes.c_void_p), ("flags", ctypes.c_int), ("size", ctypes.c_size_t)]
+
+def signal_stack():
+    stack = Stack()
+    assert ctypes.CDLL(None, use_errno=True).sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.sp, stack.flags
+
+stacks = [signal_stack()]
+members = [ExportedNetwork(build_network({small!r}).eval(), {str(checkpoint)!r}, threads=1) for _ in range(2)]
+with torch.no_grad():
+    for member in members:
+        member(torch.rand(1, 1, 32, 32))
+        stacks.append(signal_stack())
+first, second = members
+del members, member
+del first; gc.collect()
+del second; gc.collect()
+signal.signal(signal.SIGCHLD, lambda *_: None)
+subprocess.run(["true"], check=True)
+print(json.dumps(stacks))
+"""
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-3000:]}"
+    _before, after_first, after_second = json.loads(result.stdout.strip().splitlines()[-1])
+    assert after_second == after_first, "the second network made a signal stack of its own (a second Core)"
+
+
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_a_member_called_from_several_threads_at_once_answers_each_right(runtime, tmp_path):
     """The MONAI Label server runs inference in several threads: each call gets its own answer, first call included,
@@ -237,27 +283,9 @@ def _collect_and_exit() -> None:
 def test_a_process_forked_after_a_run_never_frees_its_runtime(tmp_path):
     """An OpenVINO network left as garbage in a cycle (an earlier inference run in the same process: the benchmark,
     a label server that reloaded its weights) is freed by the parent before its writer and loader processes fork
-    (:func:`~scripts.utils.processes.forking_safely`, around ``FolderEvaluator.run`` and the writer pool's start),
-    never by them: a forked child that frees it waits for ever for OpenVINO's threads, which it does not have
-    (without the guard this child hangs until the timeout).
-
-    It runs in a process of its own: in the pytest process, after the suite's earlier tests, this child's exit
-    killed pytest with SIGSEGV (the SIGCHLD's delivery; not seen outside pytest)."""
-    import subprocess
-    import sys
-
-    code = f"from tests.test_onnx_backend import fork_after_a_run as f; print(f({str(tmp_path)!r}))"
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    frozen_inside, frozen_after, exitcode = json.loads(result.stdout.strip().splitlines()[-1])
-    assert frozen_inside > 0 and frozen_after == 0, "the parent's objects stay frozen after the block"
-    assert exitcode == 0, "the forked child hung freeing the parent's OpenVINO network"
-
-
-def fork_after_a_run(folder: str) -> str:
-    """In a process of its own: an OpenVINO member run, left as garbage in a cycle, then a child forked inside
-    (nested) forking_safely that collects garbage and exits. Returns the freeze counts inside and after the block
-    and the child's exit code (None: it hung), as JSON."""
+    (:func:`~scripts.utils.processes.forking_safely`, around ``FolderEvaluator.run``), never by them: a forked child
+    that frees it waits for ever for OpenVINO's threads, which it does not have (without the guard this child hangs
+    until the timeout)."""
     import gc
     import multiprocessing
 
@@ -265,74 +293,56 @@ def fork_after_a_run(folder: str) -> str:
 
     small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
              "channels": [4, 8], "strides": [2]}  # fmt: skip
-    checkpoint = save_random_model(Path(folder), small, seed=6) / "model.pt"
-    member = ExportedNetwork(build_network(small).eval(), checkpoint, threads=2, runtime="openvino")
+    folder = save_random_model(tmp_path, small, seed=6)
+    member = ExportedNetwork(build_network(small).eval(), folder / "model.pt", threads=2, runtime="openvino")
     with torch.no_grad():
         member(torch.rand(1, 1, 32, 32))  # OpenVINO's threads now exist
     member.cycle = [member]  # garbage only the collector can free
     gc.disable()  # so that it is still there when the child forks
-    del member
-    with forking_safely(), forking_safely():  # nested: only the outer one unfreezes
-        child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
-        child.start()
-        frozen_inside = gc.get_freeze_count()
-    frozen_after = gc.get_freeze_count()
-    child.join(timeout=60)
-    exitcode = child.exitcode
-    if exitcode is None:
-        child.kill()
-        child.join()
-    gc.enable()
-    return json.dumps([frozen_inside, frozen_after, exitcode])
+    try:
+        del member
+        with forking_safely(), forking_safely():  # nested: only the outer one unfreezes
+            child = multiprocessing.get_context("fork").Process(target=_collect_and_exit)
+            child.start()
+            assert gc.get_freeze_count() > 0
+        assert gc.get_freeze_count() == 0, "the parent's objects stay frozen after the block"
+        child.join(timeout=60)
+        hung = child.exitcode is None
+        if hung:
+            child.kill()
+            child.join()
+    finally:
+        gc.enable()
+        gc.collect()
+    assert not hung and child.exitcode == 0, "the forked child hung freeing the parent's OpenVINO network"
 
 
 def test_bfloat16_is_openvinos_opt_in_and_refused_elsewhere(tmp_path):
     """``--cpu_precision bf16`` compiles OpenVINO in bfloat16 (on a CPU that has it; OpenVINO may keep float32 on
     others), is refused by name on ONNX Runtime and PyTorch, and leaves the default float32 within the parity bound;
-    what the compiled network says it runs in decides which bound its probabilities are held to.
-
-    The compiled networks run in a process of their own: once OpenVINO has used AMX in a process, a later signal
-    to the test process (a subprocess ending) killed it with SIGSEGV on this Sapphire Rapids machine."""
-    import subprocess
-    import sys
+    what the compiled network says it runs in decides which bound its probabilities are held to."""
+    from scripts.inference.onnx_backend import openvino_core
 
     small = {"target": "AttentionUnet", "spatial_dims": 2, "in_channels": 1, "out_channels": 1,
              "channels": [4, 8, 16], "strides": [2, 2]}  # fmt: skip
     folder = save_random_model(tmp_path, small, seed=7)
     network = build_network(small).eval()
+    network.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     for runtime in ("onnxruntime", "torch"):
         with pytest.raises(ValueError, match=f"cpu_precision bf16 is OpenVINO's: use --backend openvino.*on {runtime}"):
             with_backend(network, runtime, precision="bf16")
     with pytest.raises(ValueError, match="cpu_precision 'fp8': one of f32, bf16"):
         ExportedNetwork(network, folder / "model.pt", precision="fp8")
-    result = subprocess.run([sys.executable, "-c", f"from tests.test_onnx_backend import compiled_precisions as c; "
-                             f"print(c({str(folder)!r}, {small!r}))"], cwd=REPO, capture_output=True, text=True,
-                            timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    has_bf16, found = json.loads(result.stdout.strip().splitlines()[-1])
-    for precision, (hint, difference) in found.items():
-        assert hint == precision or (precision, has_bf16) == ("bf16", False), (precision, hint)  # f32: always
-        if hint == "f32":
-            assert difference <= PROBABILITY_TOLERANCE, precision
-        else:
-            assert 0 < difference < 0.1, "bfloat16 within a tenth of PyTorch's probabilities, not equal to them"
-
-
-def compiled_precisions(folder: str, definition: dict) -> str:
-    """In a process of its own: whether OpenVINO offers bfloat16 here, and per precision asked for, what the compiled
-    network runs in and how far its probabilities are from PyTorch's (JSON)."""
-    import openvino
-
-    network = build_network(definition).eval()
-    network.load_state_dict(torch.load(Path(folder) / "model.pt", weights_only=True))
+    has_bf16 = "BF16" in openvino_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     x = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(0))
-    has_bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    found = {}
     with torch.no_grad():
         expected = torch.sigmoid(network(x))
         for precision in ("f32", "bf16"):
-            member = ExportedNetwork(network, Path(folder) / "model.pt", threads=1, precision=precision)
+            member = ExportedNetwork(network, folder / "model.pt", threads=1, precision=precision)
             difference = float((torch.sigmoid(member(x)) - expected).abs().max())
             hint = member.session((64, 64)).compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-            found[precision] = (hint, difference)
-    return json.dumps([has_bf16, found])
+            assert hint == precision or (precision, has_bf16) == ("bf16", False), (precision, hint)  # f32: always
+            if hint == "f32":
+                assert difference <= PROBABILITY_TOLERANCE, precision
+            else:
+                assert 0 < difference < 0.1, "bfloat16 within a tenth of PyTorch's probabilities, not equal to them"

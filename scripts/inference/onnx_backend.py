@@ -241,11 +241,28 @@ def fallbacks(network: torch.nn.Module) -> dict[str, str]:
             if isinstance(member, ExportedNetwork) and member.fallback is not None}  # fmt: skip
 
 
-#: Input shapes OpenVINO compiles for exactly, the first it meets (static shapes: about 4 % faster than the dynamic
-#: batch, the same numbers; 2 would cover a sliding window's full batches and the rest). Off (0): with static
-#: compiles made in worker threads, the test process was later killed by SIGSEGV at a child's exit (open, see
-#: docs/README.md "Inference backends"); every shape runs on the dynamic compile.
-STATIC_SHAPES = 0
+#: Input shapes OpenVINO compiles for exactly, the first it meets: a sliding window's full batches and the rest
+#: (about 4 % faster than the dynamic batch, the same numbers); any other shape runs on the dynamic compile.
+STATIC_SHAPES = 2
+
+_CORE, _CORE_LOCK = None, threading.Lock()
+
+
+def openvino_core():
+    """The process's one ``openvino.Core``, made on first use and kept for the life of the process.
+
+    One, not one per network: OpenVINO's CPU plugin, made by each Core in the thread that first compiles on it,
+    installs a signal stack of its own in that thread and, when freed, puts back the one it found. Two Cores freed in
+    the order they were made put back a stack already freed; the next signal with a Python handler (SIGCHLD, SIGINT:
+    Python asks for the signal stack) then killed the process with SIGSEGV.
+    """
+    global _CORE
+    import openvino
+
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = openvino.Core()
+        return _CORE
 
 
 def _open_openvino(path: Path, threads: int, precision: str):
@@ -253,9 +270,7 @@ def _open_openvino(path: Path, threads: int, precision: str):
     that does not open fails here, where the member's fallback to PyTorch catches it), and for the first
     :data:`STATIC_SHAPES` input shapes it meets, each on first use (a shape OpenVINO cannot compile statically runs
     on the dynamic compile); one infer request per thread and compiled network (a request is not thread-safe)."""
-    import openvino
-
-    core = openvino.Core()
+    core = openvino_core()
     model = core.read_model(str(path))
     properties = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": precision}
     dynamic = core.compile_model(model, "CPU", properties)
