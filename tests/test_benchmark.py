@@ -34,6 +34,7 @@ def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
     assert backends["torch fp32"]["model_only_speedup"] == backends["torch fp32"]["pipeline_speedup"] == 1.0
     for name, entry in backends.items():
         assert entry["model_only_s_per_image"] > 0 and entry["pipeline_s_per_image"] > 0 and entry["images"] == 3
+        assert 0 <= entry["cpu_steal_share"] <= 1, name  # Linux reports steal time, on a VM or not
         if name not in ("torch fp32", "openvino bf16 (opt-in)"):  # parity with the reference, within the bound
             assert entry["max_probability_difference"] <= 1e-3 and entry["min_mask_agreement"] >= 0.999, name
     stages = figures["data_pipeline_per_core"]
@@ -48,6 +49,14 @@ def test_smoke_benchmark_writes_json_and_a_table(tmp_path):
     assert all(w["all_written_ms_per_image"] >= w["engine_thread_ms_per_image"] > 0 for k, w in writer.items() if k != "images")
     assert figures["rle"]["encode_ms"] > 0 and figures["rle"]["loop_encode_ms"] > 0
     table = (tmp_path / "benchmark.md").read_text()
+    assert figures["device"].startswith(_cpu_name()) and " % |" in table.split("| onnxruntime |")[1].splitlines()[0]
     assert "| onnxruntime |" in table and "| openvino |" in table and "| torch fp32 | " in table and "reference |" in table
     assert "Inference writer" in table and "training, bundle pipeline from DICOM" in table and "inference tta, inference.json over DICOMs" in table
     assert table.splitlines()[0] in result.stdout
+
+
+def _cpu_name() -> str:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("/proc/cpuinfo names no CPU")

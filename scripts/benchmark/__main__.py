@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from scripts.benchmark.common import REPO, bundle_config
+from scripts.benchmark.common import REPO, bundle_config, cpu_name
 from scripts.benchmark.data import data_pipeline_per_core, rle_speed
 from scripts.benchmark.inference import backend_comparison, inference_model_only, inference_pipeline, writer_cost
 from scripts.benchmark.training import model_step_ceiling, training_pipeline
@@ -84,13 +84,14 @@ def table(results: dict) -> str:
 def backend_rows(results: dict) -> list[str]:
     images = next(iter(results["backends"].values()))["images"]
     lines = ["", f"| inference backend (no TTA) | s/image model-only | speed-up | s/image end to end ({images} DICOMs, "
-             "every output written) | speed-up | parity: max probability difference, min mask agreement |",
-             "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+             "every output written) | speed-up | parity: max probability difference, min mask agreement | CPU steal |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, entry in results["backends"].items():
         parity = ("reference" if "max_probability_difference" not in entry else
                   f"{entry['max_probability_difference']:.1e}, {100 * entry['min_mask_agreement']:.3f} %")  # fmt: skip
+        steal = "not reported" if entry["cpu_steal_share"] is None else f"{100 * entry['cpu_steal_share']:.1f} %"
         lines.append(f"| {name} | {entry['model_only_s_per_image']} | {entry['model_only_speedup']:.2f} | "
-                     f"{entry['pipeline_s_per_image']} | {entry['pipeline_speedup']:.2f} | {parity} |")  # fmt: skip
+                     f"{entry['pipeline_s_per_image']} | {entry['pipeline_speedup']:.2f} | {parity} | {steal} |")  # fmt: skip
     return lines
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = bundle_config("train.json", {}).get_parsed_content("device")
     results: dict = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()} ({os.cpu_count()} cores)",
         "torch": torch.__version__,
         "settings": f"AttentionUnet {args.channels}, crops {args.crop}, batch {args.batch}, images {args.size}",
     }

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
 from scripts.utils.metadata import BUNDLE_ROOT as REPO
 
-__all__ = ["REPO", "bundle_config", "calls_per_second", "config_files", "peak_gib", "reset_peak", "sync"]
+__all__ = ["REPO", "CpuSteal", "bundle_config", "calls_per_second", "config_files", "cpu_name", "peak_gib", "reset_peak",
+           "sync"]
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -28,6 +30,40 @@ def calls_per_second(fn, calls: int, device: torch.device) -> float:
         fn()
     sync(device)
     return calls / (time.perf_counter() - start)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as the kernel gives it (``/proc/cpuinfo``), or ``"CPU"`` where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
+class CpuSteal:
+    """The share of the machine's CPU time a hypervisor gave to others while the ``with`` block ran (steal time,
+    from ``/proc/stat``; None where the kernel does not report it). Figures measured with much of it are another
+    machine's, not this one's: a benchmark reports it beside them."""
+
+    @staticmethod
+    def _times() -> tuple[int, int] | None:
+        try:
+            fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+    def __enter__(self) -> "CpuSteal":
+        self._start, self.share = self._times(), None
+        return self
+
+    def __exit__(self, *_) -> None:
+        end = self._times()
+        if self._start is not None and end is not None and end[1] > self._start[1]:
+            self.share = round((end[0] - self._start[0]) / (end[1] - self._start[1]), 3)
 
 
 def reset_peak(device: torch.device) -> None:

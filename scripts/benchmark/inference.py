@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import torch
 
-from scripts.benchmark.common import REPO, bundle_config, calls_per_second, config_files
+from scripts.benchmark.common import REPO, CpuSteal, bundle_config, calls_per_second, config_files
 
 __all__ = ["BACKEND_VARIANTS", "backend_comparison", "inference_model_only", "inference_pipeline", "writer_cost"]
 
@@ -54,19 +54,21 @@ def backend_comparison(args, overrides: dict, data_dir: Path, checkpoint: Path, 
     """Each :data:`BACKEND_VARIANTS` entry in one run: seconds per image model-only and end to end (the wall time of
     ``inference.json`` over the DICOM folder, every output written, start-up included, over the images), each one's
     speed-up over torch fp32 (the ratio of seconds), and its parity with torch fp32: the largest difference of a
-    pixel's probability on the model-only image, and the smallest share of mask pixels that agree over the folder."""
+    pixel's probability on the model-only image, and the smallest share of mask pixels that agree over the folder;
+    and the share of CPU time stolen by the hypervisor meanwhile (:class:`~scripts.benchmark.common.CpuSteal`)."""
     results, reference = {}, None
     cpu = bundle_config("inference.json", {}).get_parsed_content("device").type == "cpu"
     for name, settings in BACKEND_VARIANTS.items():
         if settings["backend"] != "torch" and not cpu:
             continue  # OpenVINO and ONNX Runtime are the CPU's backends
         merged, kept = {**overrides, **settings}, {}
-        model = inference_model_only(args, merged, checkpoint, tta=False, keep=kept)
         folder = out / f"backend_{name.split(' (')[0].replace(' ', '_')}"
-        pipeline = inference_pipeline(merged, data_dir, checkpoint, folder, tta=False)
+        with CpuSteal() as steal:
+            model = inference_model_only(args, merged, checkpoint, tta=False, keep=kept)
+            pipeline = inference_pipeline(merged, data_dir, checkpoint, folder, tta=False)
         entry = {"model_only_s_per_image": model["seconds_per_image"],
                  "pipeline_s_per_image": round(pipeline["wall_seconds"] / max(pipeline["images"], 1), 3),
-                 "images": pipeline["images"]}  # fmt: skip
+                 "images": pipeline["images"], "cpu_steal_share": steal.share}  # fmt: skip
         if reference is None:
             reference = (kept["probabilities"], folder)
         else:

@@ -38,7 +38,7 @@ import torch
 from scripts.networks.definition import definition_of
 
 __all__ = ["BACKENDS", "OPSET", "PRECISIONS", "ExportedNetwork", "check_precision", "default_backend", "fallbacks",
-           "onnx_path", "with_backend"]
+           "onnx_path", "openvino_core", "with_backend"]
 
 logger = logging.getLogger(__name__)
 
