@@ -44,17 +44,19 @@ def cpu_name() -> str:
 
 
 class CpuSteal:
-    """The share of the machine's CPU time a hypervisor gave to others while the ``with`` block ran (steal time,
-    from ``/proc/stat``; None where the kernel does not report it). Figures measured with much of it are another
-    machine's, not this one's: a benchmark reports it beside them."""
+    """The share of the CPU time this machine's CPUs wanted while the ``with`` block ran that the hypervisor gave to
+    other guests instead (steal / (busy + steal), from ``/proc/stat``; None where the kernel does not report it).
+    Figures measured with much of it are the neighbours', not this machine's: a benchmark reports it beside them."""
 
     @staticmethod
     def _times() -> tuple[int, int] | None:
+        """(steal, busy + steal) jiffies so far: the ``cpu`` line's user nice system idle iowait irq softirq steal
+        (guest time is counted in user and nice already)."""
         try:
             fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         except (OSError, ValueError):
             return None
-        return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+        return (fields[7], sum(fields[:8]) - fields[3] - fields[4]) if len(fields) >= 8 else None
 
     def __enter__(self) -> "CpuSteal":
         self._start, self.share = self._times(), None

@@ -21,6 +21,7 @@ runtime uses as many threads as the process may use cores; a member may be calle
 from __future__ import annotations
 
 import copy
+import ctypes
 import hashlib
 import importlib
 import json
@@ -246,6 +247,7 @@ def fallbacks(network: torch.nn.Module) -> dict[str, str]:
 STATIC_SHAPES = 2
 
 _CORE, _CORE_LOCK = None, threading.Lock()
+_FORKED_FROM_A_CORE = False  # this process was forked from one that had made its Core
 
 
 def openvino_core():
@@ -255,14 +257,37 @@ def openvino_core():
     installs a signal stack of its own in that thread and, when freed, puts back the one it found. Two Cores freed in
     the order they were made put back a stack already freed; the next signal with a Python handler (SIGCHLD, SIGINT:
     Python asks for the signal stack) then killed the process with SIGSEGV.
+
+    Raises:
+        RuntimeError: in a process forked from one that had made its Core: OpenVINO's threads are not there, and
+            OpenVINO would wait for them for ever (start such a process with ``spawn``).
     """
     global _CORE
+    if _FORKED_FROM_A_CORE:
+        raise RuntimeError("OpenVINO cannot run in a process forked after its parent ran OpenVINO (its threads are "
+                           "the parent's): start this process with the 'spawn' method, or use --backend onnxruntime "
+                           "or torch")  # fmt: skip
     import openvino
 
     with _CORE_LOCK:
         if _CORE is None:
             _CORE = openvino.Core()
         return _CORE
+
+
+def _after_fork_in_child() -> None:
+    """A forked child never frees the Core it inherits: freeing it waits for OpenVINO's threads, which stayed in the
+    parent, so a child that ended through Python's normal shutdown hung there. It keeps a reference it never drops,
+    and gets a lock of its own (the parent's may have been held by another thread at the fork)."""
+    global _CORE, _CORE_LOCK, _FORKED_FROM_A_CORE
+    _CORE_LOCK = threading.Lock()
+    if _CORE is not None:
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(_CORE))
+        _CORE, _FORKED_FROM_A_CORE = None, True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _open_openvino(path: Path, threads: int, precision: str):
@@ -298,7 +323,7 @@ def _open_openvino(path: Path, threads: int, precision: str):
         request = requests[id(network)]
         return np.array(request.infer({_INPUT: batch})[request.model_outputs[0]], copy=True)
 
-    run.compiled = dynamic  # what it runs in, for the curious (its properties)
+    run.compiled = dynamic  # the dynamic-batch compile; its properties are every compile's
     run.static_shapes = compiled  # the shapes compiled exactly so far
     return run
 

@@ -47,7 +47,7 @@ def forking_safely():
 
     A forked child has only the forking thread, but a copy of every object, garbage in reference cycles included.
     If the child's garbage collector frees such an object whose destructor waits for its runtime's threads (an
-    OpenVINO compiled model from an earlier inference run does), the child hangs for ever. So this collects this
+    OpenVINO Core held by an earlier inference run's network did), the child hangs for ever. So this collects this
     process's garbage first (here, where the threads exist), and moves every object left to the collector's
     permanent generation (:func:`gc.freeze`) until the block ends: a child forked inside never frees them, even
     where it drops its own references to them. Nesting and threads are fine; objects the application froze itself
